@@ -1,0 +1,36 @@
+# Two commands: `make quickstart` and `make test`. The venv is (re)installed only when
+# pyproject.toml changes (stamp file), so later runs need no network.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+CONFIG  ?= configs/local.yaml
+export RAY_AUTH_MODE ?= token
+
+.PHONY: quickstart test install preprocess train benchmarks lint clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (set PY=python3.x)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned to releases that exist as CPU-capable wheels here (see README).
+	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/python -m jobs.preprocess --config $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check mmray jobs deployments tests benchmarks
+
+benchmarks: $(STAMP)
+	$(BIN)/python -m benchmarks.preprocess
+
+clean:
+	rm -rf artifacts .pytest_cache

@@ -1,0 +1,37 @@
+"""Validate and clean a catalog into training/serving Parquet with Ray Data.
+
+    python -m jobs.preprocess --config configs/local.yaml [--set data.catalog=path/to/catalog.jsonl]
+    ray job submit --working-dir . -- python -m jobs.preprocess --config configs/local.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from mmray.catalog import CatalogError
+from mmray.config import ConfigError, load_config
+from mmray.runtime import init_ray, run_job, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.preprocess", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/local.yaml", help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. data.catalog=x")
+    parser.add_argument("--output", help="output folder (default: <storage.root>/datasets/<data.name>)")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        from mmray.preprocess import run_preprocess
+
+        cfg = load_config(args.config, args.set)
+        init_ray()
+        report = run_preprocess(cfg, args.output)
+        print(json.dumps(report, indent=2))
+        return 0
+
+    return run_job(body, (ConfigError, CatalogError))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Catalog ingestion and preprocessing settings (`jobs.preprocess`)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mmray.config.base import StrictConfig
+
+
+class CaptionConfig(StrictConfig):
+    """How training captions are written from catalog facts."""
+
+    num_variants: int = Field(4, ge=1, le=16)
+    """Captions written per item; training samples one per epoch so the text side varies."""
+    description_chars: int = Field(160, ge=0, le=2000)
+    """Characters of cleaned description appended to the long caption variant (0: none)."""
+    attributes: list[str] = ["material", "pattern", "climate", "style", "activity", "features"]
+    """Attribute keys named in captions, in this order of priority."""
+    max_attribute_values: int = Field(2, ge=0, le=10)
+    """Values of each attribute used in one caption."""
+
+
+class DataConfig(StrictConfig):
+    """Where the catalog is and how rows and images are validated and normalised."""
+
+    catalog: str = "data/luma/catalog.jsonl"
+    """Catalog file or folder (JSONL, Parquet or CSV); a local path or s3:// / gs:// URI."""
+    image_root: str | None = None
+    """Base for relative image references; defaults to the folder that holds the catalog file."""
+    name: str = "luma"
+    """Dataset name; output goes to `<storage.root>/datasets/<name>/`."""
+    image_size: int = Field(256, ge=32, le=2048)
+    """Longest side, in pixels, of the stored (resized) images; aspect ratio is kept."""
+    image_format: Literal["JPEG", "PNG", "WEBP"] = "JPEG"
+    """Encoding of the stored resized images."""
+    image_quality: int = Field(90, ge=50, le=100)
+    """JPEG/WebP quality of the stored images."""
+    allowed_image_formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP"]] = ["JPEG", "PNG", "WEBP"]
+    """Image formats accepted, recognised by magic bytes (never by file name)."""
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    """Width x height cap checked from the header before decoding (decompression-bomb guard)."""
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    """Image files larger than this are quarantined without being read whole."""
+    max_images_per_item: int = Field(8, ge=1, le=64)
+    """Image references past this count are ignored (and counted in the report)."""
+    max_text_chars: int = Field(20_000, ge=100)
+    """Descriptions are cut to this many characters after cleaning."""
+    unknown_columns: Literal["keep", "quarantine"] = "keep"
+    """Rows with columns outside the schema: keep them (columns dropped, listed in the report) or quarantine."""
+    caption: CaptionConfig = CaptionConfig()
+    """Training caption recipe."""
+    batch_size: int = Field(16, ge=1, le=4096)
+    """Rows per Ray Data batch in the image stage."""
+    concurrency: int | None = Field(None, ge=1)
+    """Parallel image tasks; None lets Ray use every CPU of the cluster."""
+    rows_per_shard: int = Field(2000, ge=1)
+    """Approximate rows per output Parquet shard."""
+    holdout_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    """Share of products (never single variants) marked `split=test`."""
+    seed: int = 0
+    """Seed for the product-level split and caption order."""

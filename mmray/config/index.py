@@ -1,0 +1,23 @@
+"""Index building and search settings (`jobs.build_index`, the Retriever)."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from mmray.config.base import StrictConfig
+
+
+class IndexConfig(StrictConfig):
+    """FAISS + lexical index."""
+
+    factory: str = "auto"
+    """FAISS factory string (`Flat`, `HNSW32`, `IVF4096,PQ32`) or `auto` (chosen by catalog size)."""
+    image_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """Item vector = normalise(w * image + (1 - w) * text)."""
+    hybrid: bool = True
+    """Fuse lexical (BM25) and vector rankings by reciprocal rank fusion."""
+    rrf_k: int = Field(60, ge=1)
+    """RRF constant: score = sum 1 / (rrf_k + rank)."""
+    num_shards: int = Field(1, ge=1)
+    """Shards the vectors are split across (FAISS IndexShards)."""
+    embed_batch_size: int = Field(64, ge=1)
+    """Rows per embedding batch."""

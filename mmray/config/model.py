@@ -1,0 +1,31 @@
+"""Dual-encoder model settings."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mmray.config.base import StrictConfig
+
+
+class ModelConfig(StrictConfig):
+    """Which dual encoder to build; the checkpoint folder stores this config next to the weights."""
+
+    kind: Literal["lite", "open_clip", "tiny"] = "lite"
+    """lite: offline EfficientNet-Lite0 + MiniLM towers; open_clip: any open_clip model; tiny: small, from scratch (tests)."""
+    embed_dim: int = Field(256, ge=8, le=4096)
+    """Size of the shared embedding space (projection output) for lite/tiny."""
+    image_size: int = Field(224, ge=32, le=1024)
+    """Square input size of the image tower."""
+    max_text_tokens: int = Field(64, ge=8, le=512)
+    """Token cap for the text tower."""
+    unlocked_image_blocks: int = Field(0, ge=0, le=20)
+    """Last N blocks of the image tower that train (0: tower locked, LiT-style)."""
+    unlocked_text_layers: int = Field(0, ge=0, le=24)
+    """Last N transformer layers of the text tower that train (0: locked)."""
+    open_clip_model: str = "ViT-B-16"
+    """open_clip architecture name, or an `hf-hub:org/repo` id."""
+    open_clip_pretrained: str | None = None
+    """open_clip pretrained tag (e.g. `laion2b_s34b_b88k`) or a local checkpoint path."""
+    init_temperature: float = Field(0.07, gt=0.0, le=1.0)
+    """Initial softmax temperature of the contrastive loss."""

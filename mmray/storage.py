@@ -1,0 +1,50 @@
+"""Paths and filesystems for artifacts and catalogs: local folders and s3:// / gs:// alike."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for a local path or a URI."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def staging_dir(final: str) -> str:
+    """A sibling folder to write into before `publish` moves it into place."""
+    return f"{final.rstrip('/')}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
+
+
+def publish(staging: str, final: str) -> None:
+    """Replace `final` with the finished `staging` folder (readers never see a half-written one)."""
+    fs, src = resolve_filesystem(staging)
+    _, dst = resolve_filesystem(final)
+    if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+        if is_local(final):
+            shutil.rmtree(dst)
+        else:
+            fs.delete_dir(dst)
+    fs.move(src, dst)
+
+
+def write_json(uri: str, obj: Any) -> None:
+    fs, path = resolve_filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+
+
+def read_json(uri: str) -> Any:
+    fs, path = resolve_filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
