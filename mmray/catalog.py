@@ -21,6 +21,7 @@ they come out with `status="quarantined"` and a `reason`, so rows in = rows out 
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import html
@@ -120,12 +121,14 @@ def iter_raw_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | None, str, 
             pf = pq.ParquetFile(f)
             n = 0
             for batch in pf.iter_batches(batch_size=4096):
-                for row in batch.to_pylist():
+                for row in batch.to_pylist(maps_as_pydicts="lossy"):  # map columns (attributes) as dicts
                     n += 1
                     yield n, row, _preview(row), None
         return
     with fs.open_input_stream(inner) as f:
         data = f.read()
+    if data.startswith(codecs.BOM_UTF8):  # Excel and some exporters start the file with a BOM
+        data = data[len(codecs.BOM_UTF8):]
     if kind == "jsonl":
         for n, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
@@ -230,14 +233,14 @@ def clean_text(value: Any, max_chars: int = 20_000) -> tuple[str, bool]:
     if value is None:
         return "", False
     text = value if isinstance(value, str) else str(value)
+    if not _TAG_RE.search(text):
+        text = html.unescape(text)  # plain text, or markup escaped as entities (&lt;script&gt;)
     had_html = bool(_TAG_RE.search(text))
     if had_html:
         parser = _TextExtractor()
         parser.feed(text)
         parser.close()
         text = "".join(parser.parts)
-    else:
-        text = html.unescape(text)
     text = unicodedata.normalize("NFKC", _CTRL_RE.sub(" ", text))
     lines = [" ".join(line.split()) for line in text.splitlines()]
     text = "\n".join(line for line in lines if line and line != "-")
@@ -286,6 +289,8 @@ def normalize_row(row: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
         return reject("invalid_field", "attributes must be an object of name -> values")
     attrs = {}
     for k, v in attributes.items():
+        if v is None:  # a null field (Parquet structs fill keys a row lacks) is an absent attribute
+            continue
         values = v if isinstance(v, (list, tuple)) else [v]
         attrs[clean_text(k, 100)[0]] = [clean_text(x, 200)[0] for x in values if x not in (None, "")]
     out["attributes_json"] = json.dumps(attrs, sort_keys=True, ensure_ascii=False)
@@ -386,7 +391,8 @@ def build_captions(rec: dict[str, Any], attrs: dict[str, list[str]], cfg: Captio
         "photo of " + ", ".join([head, *facts[2:4]]),
     ]
     if cfg.description_chars and rec["description"]:
-        excerpt = rec["description"].split("\n")[0][: cfg.description_chars].rsplit(" ", 1)[0]
+        line = rec["description"].split("\n")[0]
+        excerpt = line if len(line) <= cfg.description_chars else line[: cfg.description_chars].rsplit(" ", 1)[0]
         candidates.append(f"{title}, {head}. {excerpt}")
     rng = int(hashlib.sha1(f"{seed}:{rec['id']}".encode()).hexdigest(), 16)
     first, rest = candidates[0], candidates[1:]

@@ -63,6 +63,8 @@ def decode_image(data: bytes, *, max_side: int, allowed_formats: list[str], max_
         raise ImageRejected("unsupported_format", f"{fmt} is not allowed (allowed: {', '.join(allowed_formats)})")
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as e:  # Pillow's backstop fires at open for > 2x its own cap
+        raise ImageRejected("too_many_pixels", str(e)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageRejected("corrupt_image", f"cannot read {fmt} header: {e}") from None
     w, h = im.size

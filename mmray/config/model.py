@@ -27,5 +27,7 @@ class ModelConfig(StrictConfig):
     """open_clip architecture name, or an `hf-hub:org/repo` id."""
     open_clip_pretrained: str | None = None
     """open_clip pretrained tag (e.g. `laion2b_s34b_b88k`) or a local checkpoint path."""
+    open_clip_config: str | None = None
+    """Optional path to an open_clip model-config JSON registered before building (custom architectures)."""
     init_temperature: float = Field(0.07, gt=0.0, le=1.0)
     """Initial softmax temperature of the contrastive loss."""

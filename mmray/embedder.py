@@ -1,0 +1,70 @@
+"""The Embedder: text and images -> unit vectors, in batches, with a model loaded from its checkpoint.
+
+One class for every place that embeds: evaluation, the Ray Data index build (`map_batches`
+with an actor pool) and the Serve replica. It works at two levels: tower features (cacheable
+for locked towers) and projected embeddings.
+"""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmray.images import to_rgb
+
+
+class Embedder:
+    """Batch text/image embedding with one model in eval mode, no gradients."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int = 64, text_max_tokens: int | None = None):
+        self.model = getattr(model, "module", model).eval()  # callers that train restore their mode
+        self.batch_size = batch_size
+        self.text_max_tokens = text_max_tokens
+        self.transform = self.model.image_transform(train=False)
+
+    @classmethod
+    def from_checkpoint(cls, folder: str, batch_size: int = 64) -> "Embedder":
+        from mmray.model import load_checkpoint
+
+        return cls(load_checkpoint(folder)[0], batch_size)
+
+    # ---- tower features
+    @torch.no_grad()
+    def text_features(self, texts: Sequence[str], max_tokens: int | None = None) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            tok = self.model.tokenize(texts[i:i + self.batch_size], max_tokens or self.text_max_tokens)
+            out.append(self.model.text_features(**tok).float())
+        return torch.cat(out) if out else torch.zeros(0, 1)
+
+    @torch.no_grad()
+    def image_features(self, images: Sequence[Image.Image | bytes]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            pixels = torch.stack([self.transform(_as_image(im)) for im in images[i:i + self.batch_size]])
+            out.append(self.model.image_features(pixels).float())
+        return torch.cat(out) if out else torch.zeros(0, 1)
+
+    # ---- embeddings (unit vectors, numpy float32)
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], max_tokens: int | None = None) -> np.ndarray:
+        return self.model.project_text(self.text_features(texts, max_tokens)).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Image.Image | bytes]) -> np.ndarray:
+        return self.model.project_image(self.image_features(images)).numpy().astype(np.float32)
+
+
+def _as_image(im: Image.Image | bytes) -> Image.Image:
+    if isinstance(im, (bytes, bytearray, memoryview)):
+        im = Image.open(io.BytesIO(bytes(im)))
+    return to_rgb(im)
+
+
+def fuse(image_vecs: np.ndarray, text_vecs: np.ndarray, image_weight: float) -> np.ndarray:
+    """Item vector: normalise(w * image + (1 - w) * text); rows are items."""
+    v = image_weight * image_vecs + (1.0 - image_weight) * text_vecs
+    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)

@@ -1,0 +1,114 @@
+"""Training data: preprocessed items -> (image, caption, group) rows, with tower features cached
+when the towers are locked.
+
+With both towers locked (the lite default, LiT-style), tower outputs never change, so each
+training image is encoded once in `views` augmented versions and each caption once; the Ray
+Train loop then trains only the projections on those features. The cache is a Parquet folder
+keyed by everything that determines it, so reruns and tuning trials reuse it.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from mmray.config import MmrayConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+
+ITEM_COLUMNS = ["id", "product_id", "group", "title", "category", "gender", "color", "attributes_json",
+                "price", "split", "captions", "text", "images"]
+
+
+def items_dir(cfg: MmrayConfig) -> str:
+    return cfg.storage.path("datasets", cfg.data.name, "items")
+
+
+def load_items(path: str, split: str | None = None, columns: list[str] | None = None) -> list[dict]:
+    """Preprocessed items as dicts (driver side; the shipped catalog is small)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no preprocessed dataset at {path}: run `python -m jobs.preprocess` first")
+    table = pq.read_table(path, columns=columns or ITEM_COLUMNS)
+    rows = table.to_pylist()
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def group_id(group: str) -> int:
+    """Stable 63-bit integer for a group name (rows with equal ids are never negatives)."""
+    return int.from_bytes(hashlib.sha1(group.encode()).digest()[:8], "big") >> 1
+
+
+def explode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data UDF: one row per (item, image); captions and group travel with each image."""
+    out = {"group": [], "image": [], "captions": []}
+    for group, images, captions in zip(batch["group"], batch["images"], batch["captions"]):
+        for image in images:
+            out["group"].append(group_id(str(group)))
+            out["image"].append(bytes(image))
+            out["captions"].append(list(captions))
+    return {"group": np.array(out["group"], dtype=np.int64), "image": np.array(out["image"], dtype=object),
+            "captions": np.array(out["captions"], dtype=object)}
+
+
+class FeatureEncoder:
+    """Ray Data actor: image bytes -> `views` tower features (view 0 unaugmented), captions -> features."""
+
+    def __init__(self, model_cfg: ModelConfig, views: int, captions: int, seed: int):
+        from mmray.model import build_model
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.model = build_model(model_cfg).eval()
+        self.plain, self.augment = self.model.image_transform(False), self.model.image_transform(True)
+        self.views, self.captions = views, captions
+        torch.manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in batch["image"]]
+        pixels = torch.stack([self.plain(im) if v == 0 else self.augment(im)
+                              for im in images for v in range(self.views)])  # (B*V, 3, S, S)
+        img = self.model.image_features(pixels).reshape(len(images), self.views, -1)
+        texts = [_pad(list(c), self.captions)[j] for c in batch["captions"] for j in range(self.captions)]
+        txt = self.model.text_features(**self.model.tokenize(texts)).reshape(len(images), self.captions, -1)
+        return {"group": batch["group"], "image_feats": img.numpy().astype(np.float32),
+                "text_feats": txt.numpy().astype(np.float32)}
+
+
+def _pad(captions: list[str], n: int) -> list[str]:
+    return [captions[i % len(captions)] for i in range(n)]
+
+
+def cache_key(cfg: MmrayConfig, views: int) -> str:
+    dataset = cfg.storage.path("datasets", cfg.data.name, "report.json")
+    stamp = os.path.getmtime(dataset) if os.path.exists(dataset) else 0
+    towers = cfg.model.model_dump(include={"kind", "image_size", "max_text_tokens", "open_clip_model",
+                                           "open_clip_pretrained"})
+    blob = json.dumps([towers, views, cfg.data.caption.num_variants, stamp, cfg.train.seed], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def train_dataset(cfg: MmrayConfig, cached: bool, views: int = 3):
+    """The Ray Dataset the workers stream: cached features, or raw (image, captions, group) rows."""
+    import ray
+
+    # Materialised before the actor stage: actors holding every CPU would starve the read tasks.
+    rows = (ray.data.read_parquet(items_dir(cfg), columns=["group", "images", "captions", "split"])
+            .filter(expr="split == 'train'").map_batches(explode_images, batch_format="numpy")
+            .repartition(target_num_rows_per_block=32)).materialize()
+    if not cached:
+        return rows
+    folder = cfg.storage.path("cache", "features", cache_key(cfg, views))
+    if not os.path.exists(os.path.join(folder, "_SUCCESS")):
+        log.info("caching tower features (%d views per image) -> %s", views, folder)
+        rows.map_batches(FeatureEncoder, batch_size=32, batch_format="numpy",
+                         fn_constructor_args=(cfg.model, views, cfg.data.caption.num_variants, cfg.train.seed),
+                         compute=ray.data.ActorPoolStrategy(size=max(1, cfg.train.num_workers))).write_parquet(folder)
+        open(os.path.join(folder, "_SUCCESS"), "w").close()
+    return ray.data.read_parquet(folder).materialize()

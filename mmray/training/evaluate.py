@@ -1,0 +1,99 @@
+"""Held-out evaluation: image<->text retrieval, zero-shot category accuracy, query retrieval.
+
+`EvalInputs` is built once on the driver from the test split (split by product). Inputs of a
+locked tower are stored as tower features, so evaluating a new set of projections costs two
+matrix products; inputs of a trainable tower are stored raw and encoded with the current model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmray.catalog import garment_noun
+from mmray.embedder import Embedder, fuse
+from mmray.evalset import build_queries, relevance_matrix
+from mmray.metrics import hit_rate_at_k, mrr, retrieval_report
+
+
+@dataclass
+class EvalInputs:
+    item_ids: list[str]
+    image_owner: np.ndarray       # (M,) item index of each image
+    images: object                # (M, D) features, or list of M image bytes
+    captions: object              # (N,) first caption of each item: features or strings
+    product_texts: object         # (N,) rich product texts
+    queries: object               # (Q,) held-out query texts
+    relevance: np.ndarray         # (Q, N) graded relevance
+    class_prompts: object         # (C,) "a photo of a <garment> for <gender>"
+    item_class: np.ndarray        # (N,) class index of each item
+    image_weight: float
+
+
+def class_prompt(item: dict) -> str:
+    gender = {"men": " for men", "women": " for women"}.get((item.get("gender") or "").lower(), "")
+    return f"a photo of a {garment_noun(item.get('category') or '')}{gender}"
+
+
+def build_eval_inputs(test_items: list[dict], embedder: Embedder | None, image_weight: float,
+                      product_text_tokens: int = 128) -> EvalInputs:
+    """Encode what locked towers allow (when `embedder` is given and the tower is locked)."""
+    owner, images = [], []
+    for i, item in enumerate(test_items):
+        for image in item["images"]:
+            owner.append(i)
+            images.append(bytes(image))
+    prompts = sorted({class_prompt(it) for it in test_items})
+    queries = build_queries(test_items)
+    ids = [it["id"] for it in test_items]
+    texts = {"captions": [it["captions"][0] for it in test_items], "product_texts": [it["text"] for it in test_items],
+             "queries": [q.text for q in queries], "class_prompts": prompts}
+    model = embedder.model if embedder else None
+    if model is not None and model.text_cacheable:
+        texts = {k: embedder.text_features(v, product_text_tokens if k == "product_texts" else None)
+                 for k, v in texts.items()}
+    if model is not None and model.image_cacheable:
+        images = embedder.image_features(images)
+    return EvalInputs(ids, np.array(owner), images, relevance=relevance_matrix(queries, ids),
+                      item_class=np.array([prompts.index(class_prompt(it)) for it in test_items]),
+                      image_weight=image_weight, **texts)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, ev: EvalInputs, product_text_tokens: int = 128) -> dict[str, float]:
+    """Metrics of `model` on `ev` (names match the per-epoch report)."""
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    emb = Embedder(model)
+
+    def texts(x, tokens=None):
+        return model.project_text(x).numpy() if isinstance(x, torch.Tensor) else emb.embed_texts(x, tokens)
+
+    img = model.project_image(ev.images).numpy() if isinstance(ev.images, torch.Tensor) else emb.embed_images(ev.images)
+    cap, prod = texts(ev.captions), texts(ev.product_texts, product_text_tokens)
+    qry, cls = texts(ev.queries), texts(ev.class_prompts)
+    model.train(was_training)
+
+    n = len(ev.item_ids)
+    owner_rel = (ev.image_owner[None, :] == np.arange(n)[:, None]).astype(np.int8)  # (N items, M images)
+    t2i, i2t = cap @ img.T, img @ cap.T
+    out = {}
+    for k in (1, 5, 10):
+        out[f"t2i_R@{k}"] = hit_rate_at_k(t2i, owner_rel, k)
+        out[f"i2t_R@{k}"] = hit_rate_at_k(i2t, owner_rel.T, k)
+    out["t2i_MRR"], out["i2t_MRR"] = mrr(t2i, owner_rel), mrr(i2t, owner_rel.T)
+    predicted = (img @ cls.T).argmax(axis=1)
+    out["zeroshot_acc"] = float(np.mean(predicted == ev.item_class[ev.image_owner]))
+    item_img = item_image_vectors(img, ev.image_owner, n)
+    items = fuse(item_img, prod, ev.image_weight)
+    out.update(retrieval_report(qry @ items.T, ev.relevance, "query_", ks=(10,)))
+    return out
+
+
+def item_image_vectors(image_vecs: np.ndarray, owner: np.ndarray, n_items: int) -> np.ndarray:
+    """Mean of each item's image vectors, renormalised."""
+    sums = np.zeros((n_items, image_vecs.shape[1]), dtype=np.float32)
+    np.add.at(sums, owner, image_vecs)
+    return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
