@@ -127,8 +127,7 @@ def iter_raw_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | None, str, 
         return
     with fs.open_input_stream(inner) as f:
         data = f.read()
-    if data.startswith(codecs.BOM_UTF8):  # Excel and some exporters start the file with a BOM
-        data = data[len(codecs.BOM_UTF8):]
+    data = data.removeprefix(codecs.BOM_UTF8)  # Excel and some exporters start the file with a BOM
     if kind == "jsonl":
         for n, line in enumerate(data.splitlines(), start=1):
             if not line.strip():
@@ -368,7 +367,8 @@ def build_captions(rec: dict[str, Any], attrs: dict[str, list[str]], cfg: Captio
     Training samples one per epoch: varied wording beats a single terse attribute list.
     """
     noun, color, gender = garment_noun(rec["category"]), rec["color"].lower(), _gender_phrase(rec["gender"])
-    head = " ".join(p for p in (f"a {color}" if color else "a", noun, gender) if p)
+    article = "an" if (color or noun)[0] in "aeiou" else "a"
+    head = " ".join(p for p in (article, color, noun, gender) if p)
     facts = []
     for key in cfg.attributes:
         values = attrs.get(key, [])[: cfg.max_attribute_values]

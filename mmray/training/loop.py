@@ -41,11 +41,13 @@ class TrainState:
         warmup = min(cfg.train.warmup_steps, total // 2)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, total))
         self.epoch, self.step = 0, 0
+        self.history: list[dict] = []  # per-epoch metrics, carried through checkpoints
+        self.resumed_from_epoch = 0
 
     def save(self, folder: str, metrics: dict) -> None:
         save_checkpoint(self.model, folder, metrics, extra={
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch, "step": self.step})
+            "epoch": self.epoch, "step": self.step, "history": self.history})
 
     def load(self, folder: str) -> None:
         payload = torch.load(os.path.join(folder, WEIGHTS_FILE), map_location="cpu", weights_only=True)
@@ -53,6 +55,8 @@ class TrainState:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.epoch, self.step = payload["epoch"], payload["step"]
+        self.history = list(payload.get("history", []))
+        self.resumed_from_epoch = self.epoch
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -121,6 +125,18 @@ def average_gradients(params, world: int) -> None:
         p.grad /= world
 
 
+def _inject_failure(marker: str) -> None:
+    """Fault injection for the resume test: the first time only, kill this worker mid-run.
+
+    The short wait lets the controller register the previous epoch's checkpoint first, as it
+    would have for any worker that dies some time after reporting."""
+    if os.path.exists(marker):
+        return
+    open(marker, "w").close()
+    time.sleep(3)
+    os._exit(1)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point (runs on every worker)."""
     import ray.train
@@ -145,11 +161,13 @@ def train_loop_per_worker(config: dict) -> None:
         loss = run_epoch(state, batches, rank, world, config["cached"], epoch)
         state.epoch = epoch + 1
         metrics = {"epoch": epoch + 1, "step": state.step, "loss": loss, "epoch_s": time.time() - start,
-                   "temperature": float(1.0 / state.model.logit_scale.exp())}
-        if config.get("fail_at_epoch") == epoch + 1 and rank == 0 and not checkpoint:
-            os._exit(1)  # fault-injection hook used by the resume test: die before reporting
+                   "temperature": float(1.0 / state.model.logit_scale.exp()),
+                   "resumed_from_epoch": state.resumed_from_epoch}
+        if config.get("fail_at_epoch") == epoch + 1 and rank == 0:
+            _inject_failure(config["fail_marker"])
         if rank == 0:
             metrics.update(evaluate(state.model, config["eval"]))
+            state.history.append(metrics)
             with tempfile.TemporaryDirectory() as folder:
                 state.save(folder, metrics)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))

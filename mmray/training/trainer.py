@@ -53,7 +53,8 @@ def run_training(cfg: MmrayConfig, run_name: str | None = None, fail_at_epoch: i
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "cached": cached, "eval": ev,
-                           "steps_per_epoch": steps_per_epoch, "fail_at_epoch": fail_at_epoch},
+                           "steps_per_epoch": steps_per_epoch, "fail_at_epoch": fail_at_epoch,
+                           "fail_marker": os.path.abspath(cfg.storage.path(f".fail-{run_name}"))},
         scaling_config=ray.train.ScalingConfig(num_workers=world, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -69,8 +70,8 @@ def run_training(cfg: MmrayConfig, run_name: str | None = None, fail_at_epoch: i
     folder = cfg.storage.path("models", "dual_encoder", version)
     with result.checkpoint.as_directory() as ckpt:
         shutil.copytree(ckpt, folder)
-    model, _ = load_checkpoint(folder)
-    history = _history(result)
+    model, extra = load_checkpoint(folder)
+    history = extra.get("history", [])
     summary = {
         "version": version, "run_name": run_name, "cached_features": cached, "train_rows": rows,
         "test_items": len(test_items), "epochs": cfg.train.epochs, "workers": world,
@@ -107,11 +108,3 @@ def set_current(root: str, version: str) -> None:
     with open(tmp, "w") as f:
         json.dump({"version": version, "path": os.path.join(root, version)}, f)
     os.replace(tmp, os.path.join(root, "current.json"))
-
-
-def _history(result) -> list[dict]:
-    try:
-        df = result.metrics_dataframe
-        return json.loads(df.to_json(orient="records")) if df is not None else []
-    except Exception:  # metrics history is a report nicety, never a reason to fail  # noqa: BLE001
-        return [result.metrics] if result.metrics else []

@@ -1,0 +1,146 @@
+"""Shared fixtures: one Ray session for the whole run, synthetic images, small catalogs in tmp_path.
+
+Run inside a network namespace with only loopback up, e.g.
+    ip netns add mmA; ip netns exec mmA ip link set lo up
+    ip netns exec mmA .venv/bin/pytest -q tests/
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+LUMA_CATALOG = ROOT / "data" / "luma" / "catalog.jsonl"
+LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs, no dashboard) shared by every test that runs a pipeline."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield ray
+    ray.shutdown()
+
+
+# --------------------------------------------------------------------------- images
+
+
+def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0, quality: int = 90) -> bytes:
+    """A noisy RGB JPEG (noise, so truncating it cuts real scan data)."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid 1-bit greyscale PNG of width x height zeros: a few KB on disk, width*height pixels decoded.
+
+    Written chunk by chunk so building it never allocates the decoded image.
+    """
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    row = 1 + (width + 7) // 8  # filter byte + packed bits
+    rows_per_piece = 512
+    comp = zlib.compressobj(9)
+    piece = bytes(row * rows_per_piece)
+    parts = [comp.compress(piece) for _ in range(height // rows_per_piece)]
+    parts.append(comp.compress(bytes(row * (height % rows_per_piece))))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session")
+def bad_images() -> dict[str, bytes]:
+    """Synthetic bad image files, built once per session."""
+    good = jpeg_bytes(320, 240, seed=1)
+    return {
+        "truncated.jpg": good[: len(good) // 2],
+        "not_image.jpg": b"<html><body>404 Not Found</body></html>\n",
+        "bomb.png": bomb_png(20_000, 20_000),      # 400 Mpx: over the configured cap
+        "bomb_huge.png": bomb_png(30_000, 30_000),  # 900 Mpx: over Pillow's own hard cap too
+    }
+
+
+# --------------------------------------------------------------------------- catalogs
+
+
+def luma_rows(n: int | None = None) -> list[dict]:
+    """The first `n` rows of the shipped catalog."""
+    with open(LUMA_CATALOG, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return rows if n is None else rows[:n]
+
+
+def copy_luma_images(rows: list[dict], folder: Path) -> None:
+    """Copy the images `rows` reference next to a catalog written in `folder`."""
+    for row in rows:
+        for ref in row["images"]:
+            dst = folder / ref
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(LUMA_CATALOG.parent / ref, dst)
+
+
+def write_jsonl(path: Path, rows: list[dict | bytes | str]) -> Path:
+    """Rows as JSON lines; a bytes item is written verbatim (for broken lines), a str as its own line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for row in rows:
+            if isinstance(row, bytes):
+                f.write(row.rstrip(b"\n") + b"\n")
+            elif isinstance(row, str):
+                f.write(row.encode("utf-8") + b"\n")
+            else:
+                f.write(json.dumps(row).encode("utf-8") + b"\n")
+    return path
+
+
+CSV_COLUMNS = ["id", "product_id", "title", "description", "category", "gender", "color", "sizes", "tags",
+               "attributes", "price", "images"]
+
+
+def write_csv(path: Path, rows: list[dict], bom: bool = False) -> Path:
+    """Rows as CSV: sizes and images as `a|b` pipe lists, tags and attributes as JSON."""
+    with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            cells = {}
+            for key in CSV_COLUMNS:
+                value = row.get(key)
+                if value is None:
+                    cells[key] = ""
+                elif key in ("sizes", "images"):
+                    cells[key] = "|".join(value)
+                elif key in ("tags", "attributes"):
+                    cells[key] = json.dumps(value)
+                else:
+                    cells[key] = value
+            writer.writerow(cells)
+    return path

@@ -1,0 +1,171 @@
+"""Typed config: defaults, YAML, dotted overrides and one-line errors that name the field."""
+from __future__ import annotations
+
+import pydantic
+import pytest
+import yaml
+from conftest import LOCAL_CONFIG
+
+from mmray.config import ConfigError, DataConfig, MmrayConfig, load_config
+
+TOP_LEVEL = "copy, data, index, model, recommend, rerank, serve, storage, train"
+
+
+def test_defaults_load():
+    cfg = load_config()
+    assert isinstance(cfg, MmrayConfig)
+    assert cfg.data.catalog == "data/luma/catalog.jsonl"
+    assert cfg.data.image_root is None
+    assert cfg.data.image_size == 256
+    assert cfg.data.image_format == "JPEG"
+    assert cfg.data.allowed_image_formats == ["JPEG", "PNG", "WEBP"]
+    assert cfg.data.max_image_pixels == 40_000_000
+    assert cfg.data.max_image_bytes == 20 * 1024 * 1024
+    assert cfg.data.unknown_columns == "keep"
+    assert cfg.data.holdout_fraction == 0.15
+    assert cfg.data.caption.num_variants == 4
+    assert cfg.storage.root == "artifacts"
+    assert cfg.storage.path("datasets", "luma") == "artifacts/datasets/luma"
+
+
+def test_storage_path_joins_uri_roots():
+    cfg = load_config(overrides=["storage.root=s3://bucket/mm/"])
+    assert cfg.storage.path("datasets", "luma") == "s3://bucket/mm/datasets/luma"
+
+
+def test_local_yaml_loads_and_matches_file():
+    cfg = load_config(LOCAL_CONFIG)
+    with open(LOCAL_CONFIG, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    for section, fields in raw.items():
+        for name, value in fields.items():
+            assert getattr(getattr(cfg, section), name) == value, f"{section}.{name}"
+    assert cfg.data.catalog == "data/luma/catalog.jsonl"
+    assert cfg.serve.host == "127.0.0.1"
+
+
+def test_overrides_parse_types():
+    cfg = load_config(LOCAL_CONFIG, [
+        "data.batch_size=32",
+        "data.holdout_fraction=0.25",
+        "train.use_gpu=true",
+        "train.lr=1e-4",
+        "data.image_root=",
+        "data.allowed_image_formats=[JPEG, PNG]",
+        "data.caption.num_variants=2",
+        "storage.root=/tmp/some where",
+        "data.image_size=128",
+    ])
+    assert cfg.data.batch_size == 32 and type(cfg.data.batch_size) is int
+    assert cfg.data.holdout_fraction == 0.25 and type(cfg.data.holdout_fraction) is float
+    assert cfg.train.use_gpu is True
+    assert cfg.train.lr == pytest.approx(1e-4) and type(cfg.train.lr) is float
+    assert cfg.data.image_root is None
+    assert cfg.data.allowed_image_formats == ["JPEG", "PNG"]
+    assert cfg.data.caption.num_variants == 2
+    assert cfg.storage.root == "/tmp/some where"
+    assert cfg.data.image_size == 128  # the override beats the file's 256
+    assert cfg.data.name == "luma"  # untouched fields keep the file's values
+
+
+def test_unknown_field_names_field_and_allowed_fields():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["data.batchsize=3"])
+    msg = str(e.value)
+    assert "data.batchsize: unknown field" in msg
+    assert f"(allowed: {', '.join(sorted(DataConfig.model_fields))})" in msg
+    assert "batch_size" in msg and "\n" not in msg
+
+
+def test_unknown_nested_and_top_level_fields():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["data.caption.variants=3"])
+    assert ("data.caption.variants: unknown field "
+            "(allowed: attributes, description_chars, max_attribute_values, num_variants)") in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["dataa.catalog=x"])
+    assert f"dataa: unknown field (allowed: {TOP_LEVEL})" in str(e.value)
+
+
+def test_unknown_field_in_yaml_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("data:\n  catalgo: x.jsonl\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert msg.startswith(f"invalid {path}: ")
+    assert "data.catalgo: unknown field" in msg and "catalog" in msg
+
+
+def test_bad_literal_names_allowed_values():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["data.image_format=GIF"])
+    msg = str(e.value)
+    assert "data.image_format" in msg and "'JPEG', 'PNG' or 'WEBP'" in msg and "'GIF'" in msg
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["data.unknown_columns=drop"])
+    assert "data.unknown_columns" in str(e.value) and "'keep' or 'quarantine'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["data.allowed_image_formats=[JPEG, TIFF]"])
+    assert "data.allowed_image_formats.1" in str(e.value) and "'TIFF'" in str(e.value)
+
+
+def test_out_of_range_and_wrong_type_name_the_field():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["data.holdout_fraction=1.0"])
+    assert "data.holdout_fraction" in str(e.value) and "less than 1" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["data.batch_size=lots"])
+    assert "data.batch_size" in str(e.value) and "'lots'" in str(e.value)
+
+
+def test_several_errors_on_one_line():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["data.image_size=8", "data.bogus=1"])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "data.image_size" in msg and "data.bogus: unknown field" in msg and "; " in msg
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("data.batch_size", "must look like section.field=value"),
+    ("=3", "must look like section.field=value"),
+])
+def test_malformed_override(item, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(overrides=[item])
+
+
+def test_override_through_a_value_is_refused():
+    with pytest.raises(ConfigError, match="'data' is not a section"):
+        load_config(overrides=["data=1", "data.name=x"])
+
+
+def test_config_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- data\n")
+    with pytest.raises(ConfigError, match="must hold a mapping at the top level"):
+        load_config(listing)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == load_config()
+
+
+def test_assignment_is_validated():
+    cfg = load_config()
+    with pytest.raises(pydantic.ValidationError):
+        cfg.data.batch_size = 0
+    assert cfg.data.batch_size == 16
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(LOCAL_CONFIG, ["data.image_root=/imgs", "data.caption.attributes=[material]"])
+    path = tmp_path / "dump.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert load_config(path) == cfg

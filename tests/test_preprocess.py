@@ -1,0 +1,325 @@
+"""Preprocessing on Ray Data: rows in = rows out + quarantined, each bad row with its reason, and the CLI."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import (
+    LOCAL_CONFIG,
+    LUMA_CATALOG,
+    ROOT,
+    copy_luma_images,
+    jpeg_bytes,
+    luma_rows,
+    write_csv,
+    write_jsonl,
+)
+from PIL import Image
+
+from mmray.catalog import normalize_row
+from mmray.config import DataConfig, load_config
+from mmray.preprocess import (
+    find_duplicate_groups,
+    parse_files,
+    process_images,
+    run_preprocess,
+)
+
+
+def config(tmp_path, catalog, *overrides: str):
+    return load_config(LOCAL_CONFIG, [f"data.catalog={catalog}", f"storage.root={tmp_path / 'art'}", *overrides])
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# --------------------------------------------------------------------------- pure functions (no Ray)
+
+
+def test_find_duplicate_groups_hand_computed():
+    rows = [
+        ("a1", "A", ["h1"]),
+        ("a2", "A", ["h2"]),
+        ("b1", "B", ["h2"]),         # shares h2 with A -> group A
+        ("c1", "C", ["h3"]),
+        ("e1", "E", ["h3", "h4"]),   # shares h3 with C -> group C
+        ("d1", "D", []),             # no images: alone
+        ("f1", "F", ["h5"]),         # alone
+        ("z1", "Z", ["h8"]),
+        ("y1", "Y", ["h8", "h9"]),   # Z - Y - X chained through h8, h9 -> group X (smallest product id)
+        ("x1", "X", ["h9"]),
+        ("f2", "F", ["h6"]),         # second variant of F, own image: still F
+    ]
+    assert find_duplicate_groups(rows) == {
+        "a1": "A", "a2": "A", "b1": "A", "c1": "C", "e1": "C", "d1": "D", "f1": "F",
+        "z1": "X", "y1": "X", "x1": "X", "f2": "F",
+    }
+    assert find_duplicate_groups([]) == {}
+
+
+def test_parse_files_accounts_for_every_line(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"id": "a", "title": "A", "images": ["a.jpg"]},
+        b"",
+        b"{broken",
+        {"title": "no id", "images": ["x.jpg"]},
+    ])
+    table = parse_files(pa.table({"path": [str(path)], "file_index": [3]}), DataConfig())
+    rows = table.to_pylist()
+    assert [(r["source"], r["status"], r["reason"]) for r in rows] == [
+        ("c.jsonl:1", "ok", ""), ("c.jsonl:3", "quarantined", "invalid_json"),
+        ("c.jsonl:4", "quarantined", "missing_id")]
+    assert [r["pos"] for r in rows] == [(3 << 32) | 1, (3 << 32) | 3, (3 << 32) | 4]
+    assert rows[0]["raw"] == "" and rows[1]["raw"] == "{broken" and "no id" in rows[2]["raw"]
+
+
+def test_parse_files_unreadable_file_is_one_quarantined_record(tmp_path):
+    bad = tmp_path / "c.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    rows = parse_files(pa.table({"path": [str(bad)], "file_index": [0]}), DataConfig()).to_pylist()
+    assert [(r["source"], r["status"], r["reason"]) for r in rows] == [("c.parquet", "quarantined", "unreadable_file")]
+
+
+def test_process_images_quarantines_later_duplicates(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(40, 30))
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"id": "a", "title": "First", "images": ["a.jpg"]},
+        {"id": "a", "title": "Second", "images": ["a.jpg"]},
+    ])
+    cfg = DataConfig()
+    records = parse_files(pa.table({"path": [str(path)], "file_index": [0]}), cfg)
+    out = process_images(records, cfg, str(tmp_path), {"a": 1}).to_pylist()
+    assert [(r["title"], r["status"], r["reason"]) for r in out] == [
+        ("First", "ok", ""), ("Second", "quarantined", "duplicate_id")]
+    assert out[0]["image_sha256"] == [hashlib.sha256((tmp_path / "a.jpg").read_bytes()).hexdigest()]
+    assert Image.open(io.BytesIO(out[0]["images"][0])).size == (40, 30)
+    assert out[1]["images"] == []
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@pytest.mark.slow
+def test_shipped_catalog_end_to_end(tmp_path, ray_session):
+    cfg = config(tmp_path, LUMA_CATALOG)
+    report = run_preprocess(cfg)
+    out = tmp_path / "art" / "datasets" / "luma"
+    assert report["rows_in"] == 469 and report["rows_out"] == 469 and report["rows_quarantined"] == 0
+    assert report["quarantined_by_reason"] == {} and report["duplicate_ids"] == 0
+    catalog = luma_rows()
+    assert report["images_out"] == sum(len(r["images"]) for r in catalog)
+    assert report["split"]["train"] + report["split"]["test"] == 469 and report["split"]["test"] > 0
+    assert report["output"] == str(out)
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    assert read_jsonl(out / "quarantine.jsonl") == []
+    assert load_config(out / "config.yaml") == cfg
+    assert sorted(os.listdir(out.parent)) == ["luma"]  # the staging folder was moved into place
+
+    items = pq.read_table(out / "items").to_pylist()
+    assert sorted(r["id"] for r in items) == sorted(r["id"] for r in catalog)
+    by_id = {r["id"]: r for r in catalog}
+    sides: dict[str, set] = {}
+    for item in items:
+        src = by_id[item["id"]]
+        assert item["status"] == "ok" and item["product_id"] == src["product_id"]
+        assert len(item["images"]) == len(item["image_sha256"]) == len(src["images"])
+        sides.setdefault(item["product_id"], set()).add(item["split"])
+        assert len(item["captions"]) == 4 and item["group"]
+    assert all(len(s) == 1 for s in sides.values())  # every variant of a product on the same side
+    first = next(i for i in items if i["id"] == "MH01-Gray")
+    assert first["image_sha256"][0] == hashlib.sha256(
+        (LUMA_CATALOG.parent / by_id["MH01-Gray"]["images"][0]).read_bytes()).hexdigest()
+    im = Image.open(io.BytesIO(first["images"][0]))
+    assert im.format == "JPEG" and max(im.size) <= 256
+
+
+def _bad_catalog(tmp_path, bad_images) -> tuple[list, dict]:
+    """A few shipped rows plus one bad row of each kind; returns (lines, expected reason by id or source)."""
+    good = luma_rows(4)
+    copy_luma_images(good, tmp_path)
+    images = tmp_path / "images"
+    for name, data in bad_images.items():
+        (images / name).write_bytes(data)
+    big = jpeg_bytes(600, 600, seed=5, quality=95)
+    assert len(big) > 200_000
+    (images / "huge.jpg").write_bytes(big)
+
+    t = dict(good[0], product_id="T")  # a usable template (image: images/mh01-black_main.jpg)
+    no_id = {k: v for k, v in t.items() if k != "id"}
+    latin1 = json.dumps(dict(t, id="BAD-latin1", title="Caf\u00e9"), ensure_ascii=False).encode("utf-8")
+    assert latin1.count(b"Caf\xc3\xa9") == 1
+    latin1 = latin1.replace(b"Caf\xc3\xa9", b"Caf\xe9")  # Latin-1 bytes in a UTF-8 file
+    nan_price = json.dumps(dict(t, id="BAD-nan-price", price=float("nan")))
+    assert "NaN" in nan_price
+    lines = [
+        *good,                                                                   # 1-4
+        dict(t, id="OK-html", product_id="OKH",                                  # 5
+             description="<p>Warm <b>fleece</b>.</p><script>fetch('http://evil.example/x')</script>"),
+        dict(t, id="OK-extra", product_id="OKX", warehouse="B7"),                # 6
+        no_id,                                                                   # 7
+        dict(t, id="MH01-Black", title="Dup of line 1"),                         # 8
+        dict(t, id="BAD-missing-image", images=["images/does_not_exist.jpg"]),   # 9
+        dict(t, id="BAD-second-image", images=[t["images"][0], "images/gone.jpg"]),  # 10
+        dict(t, id="BAD-truncated", images=["images/truncated.jpg"]),            # 11
+        dict(t, id="BAD-not-image", images=["images/not_image.jpg"]),            # 12
+        dict(t, id="BAD-bomb", images=["images/bomb.png"]),                      # 13
+        dict(t, id="BAD-bomb-huge", images=["images/bomb_huge.png"]),            # 14
+        dict(t, id="BAD-oversized", images=["images/huge.jpg"]),                 # 15
+        latin1,                                                                  # 16
+        b"",                                                                     # (blank: not a row)
+        dict(t, id="BAD-empty-title", title=""),                                 # 18
+        dict(t, id="BAD-negative-price", price=-5),                              # 19
+        nan_price,                                                               # 20
+        b'{"id": "BAD-json", "title": ',                                         # 21
+        dict(t, id="BAD-no-images", images=[]),                                  # 22
+    ]
+    expected = {
+        "catalog.jsonl:7": "missing_id",
+        "catalog.jsonl:8": "duplicate_id",
+        "BAD-missing-image": "missing_image",
+        "BAD-second-image": "missing_image",
+        "BAD-truncated": "truncated_image",
+        "BAD-not-image": "not_an_image",
+        "BAD-bomb": "too_many_pixels",
+        "BAD-bomb-huge": "too_many_pixels",
+        "BAD-oversized": "file_too_large",
+        "catalog.jsonl:16": "invalid_utf8",
+        "BAD-empty-title": "empty_title",
+        "BAD-negative-price": "invalid_price",
+        "BAD-nan-price": "invalid_price",
+        "catalog.jsonl:21": "invalid_json",
+        "BAD-no-images": "no_images",
+    }
+    return lines, expected
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_bad_rows_are_quarantined_with_reasons(tmp_path, ray_session, bad_images):
+    lines, expected = _bad_catalog(tmp_path, bad_images)
+    catalog = write_jsonl(tmp_path / "catalog.jsonl", lines)
+    cfg = config(tmp_path, catalog, "data.name=bad", "data.max_image_bytes=200000")
+    report = run_preprocess(cfg)
+    out = tmp_path / "art" / "datasets" / "bad"
+
+    assert report["rows_in"] == 21
+    assert report["rows_out"] == 6
+    assert report["rows_quarantined"] == 15
+    assert report["rows_in"] == report["rows_out"] + report["rows_quarantined"]
+    assert report["quarantined_by_reason"] == {
+        "missing_id": 1, "duplicate_id": 1, "missing_image": 2, "truncated_image": 1, "not_an_image": 1,
+        "too_many_pixels": 2, "file_too_large": 1, "invalid_utf8": 1, "empty_title": 1, "invalid_price": 2,
+        "invalid_json": 1, "no_images": 1}
+    assert report["duplicate_ids"] == 1
+    assert report["html_stripped_rows"] == 1
+    assert report["unknown_columns"] == {"warehouse": 1}
+    assert report["images_out"] == 1 + 3 + 1 + 3 + 1 + 1
+    assert report["groups"] == 2 and report["duplicate_image_items"] == 2  # OKH, OKX share MH01-Black's image
+
+    quarantine = read_jsonl(out / "quarantine.jsonl")
+    got = {}
+    for q in quarantine:
+        key = q["source"] if q["reason"] in ("missing_id", "duplicate_id", "invalid_utf8", "invalid_json") \
+            else q["id"]
+        got[key] = q["reason"]
+        assert q["status"] == "quarantined" and q["detail"], q
+        assert "images" not in q and "captions" not in q
+    assert got == expected
+    by_reason = {q["reason"]: q for q in quarantine}
+    assert "does_not_exist.jpg" in by_reason["missing_image"]["detail"] or "gone.jpg" in by_reason[
+        "missing_image"]["detail"]
+    assert "Caf\ufffd" in by_reason["invalid_utf8"]["raw"]
+    assert by_reason["duplicate_id"]["id"] == "MH01-Black" and by_reason["duplicate_id"]["title"] == "Dup of line 1"
+    assert pq.read_table(out / "quarantine").num_rows == 15
+    assert json.loads((out / "report.json").read_text())["rows_quarantined"] == 15
+
+    items = {r["id"]: r for r in pq.read_table(out / "items").to_pylist()}
+    assert sorted(items) == ["MH01-Black", "MH01-Gray", "MH01-Orange", "MH02-Black", "OK-extra", "OK-html"]
+    assert items["MH01-Black"]["title"] == "Chaz Kangeroo Hoodie"  # the first row with the id wins
+    assert items["OK-html"]["description"] == "Warm fleece." and items["OK-html"]["html_stripped"]
+    assert "evil" not in items["OK-html"]["text"] and "fetch" not in items["OK-html"]["text"]
+    assert items["OK-extra"]["unknown_columns"] == ["warehouse"]
+    assert {i: r["group"] for i, r in items.items()} == {
+        "MH01-Black": "MH01", "MH01-Gray": "MH01", "MH01-Orange": "MH01", "MH02-Black": "MH02",
+        "OK-extra": "MH01", "OK-html": "MH01"}
+
+
+@pytest.mark.slow
+def test_unknown_columns_quarantined_when_configured(tmp_path, ray_session):
+    good = luma_rows(2)
+    copy_luma_images(good, tmp_path)
+    catalog = write_jsonl(tmp_path / "catalog.jsonl", [good[0], dict(good[1], warehouse="B7", aisle=3)])
+    report = run_preprocess(config(tmp_path, catalog, "data.unknown_columns=quarantine"))
+    assert (report["rows_in"], report["rows_out"], report["rows_quarantined"]) == (2, 1, 1)
+    assert report["quarantined_by_reason"] == {"unknown_columns": 1}
+    assert report["unknown_columns"] == {}
+    (q,) = read_jsonl(tmp_path / "art" / "datasets" / "luma" / "quarantine.jsonl")
+    assert q["id"] == good[1]["id"] and q["reason"] == "unknown_columns"
+    assert "aisle" in q["detail"] and "warehouse" in q["detail"]
+
+
+@pytest.mark.slow
+def test_folder_of_jsonl_parquet_and_csv(tmp_path, ray_session):
+    rows = luma_rows(6)
+    folder = tmp_path / "cat"
+    copy_luma_images(rows, folder)
+    write_jsonl(folder / "a.jsonl", rows[:2])
+    pq.write_table(pa.Table.from_pylist(rows[2:4]), folder / "b.parquet")
+    write_csv(folder / "c.csv", rows[4:])
+    report = run_preprocess(config(tmp_path, folder))
+    assert report["files"] == 3
+    assert (report["rows_in"], report["rows_out"], report["rows_quarantined"]) == (6, 6, 0)
+    items = {r["id"]: r for r in pq.read_table(tmp_path / "art" / "datasets" / "luma" / "items").to_pylist()}
+    cfg = DataConfig()
+    for row in rows:
+        ref = normalize_row(row, cfg)
+        for key in ("title", "description", "attributes_json", "sizes", "tags", "price", "image_refs", "captions"):
+            assert items[row["id"]][key] == ref[key], (row["id"], key)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def run_cli(tmp_path, *sets: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "jobs.preprocess", "--config", "configs/local.yaml",
+           "--set", f"storage.root={tmp_path / 'art'}", *[a for s in sets for a in ("--set", s)]]
+    return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, message: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_missing_catalog_path(tmp_path):
+    missing = tmp_path / "nope" / "catalog.jsonl"
+    proc = run_cli(tmp_path, f"data.catalog={missing}")
+    assert_clean_failure(proc, f"catalog path does not exist: {missing}")
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.slow
+def test_cli_empty_catalog(tmp_path):
+    empty = tmp_path / "catalog.jsonl"
+    empty.write_text("\n\n")
+    proc = run_cli(tmp_path, f"data.catalog={empty}")
+    assert_clean_failure(proc, "catalog is empty")
+    assert not (tmp_path / "art").exists()
+
+
+def test_cli_bad_config_names_the_field(tmp_path):
+    proc = run_cli(tmp_path, "data.catalgo=x.jsonl")
+    assert_clean_failure(proc, "data.catalgo: unknown field (allowed: ")
