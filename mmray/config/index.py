@@ -19,5 +19,9 @@ class IndexConfig(StrictConfig):
     """RRF constant: score = sum 1 / (rrf_k + rank)."""
     num_shards: int = Field(1, ge=1)
     """Shards the vectors are split across (FAISS IndexShards)."""
+    nprobe: int = Field(32, ge=1)
+    """IVF lists probed per query (recall vs speed)."""
+    ef_search: int = Field(128, ge=1)
+    """HNSW search beam width (recall vs speed)."""
     embed_batch_size: int = Field(64, ge=1)
     """Rows per embedding batch."""

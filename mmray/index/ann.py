@@ -1,0 +1,110 @@
+"""FAISS helpers: a factory string in, an index out; sharding; a recall self-check.
+
+numpy in, `(D, I)` out. Vectors are unit-norm, so inner product is cosine similarity.
+"""
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+
+
+def auto_factory(n: int, dim: int) -> str:
+    """Exact search while it is cheap, a graph index in the middle, compressed IVF-PQ at scale."""
+    if n <= 50_000:
+        return "Flat"
+    if n <= 2_000_000:
+        return "HNSW32"
+    lists = 1 << int(math.log2(4 * math.sqrt(n)))
+    return f"IVF{lists},PQ{max(8, dim // 8)}"
+
+
+def build_ann(vectors: np.ndarray, factory: str, num_shards: int = 1, train_sample: int = 100_000,
+              seed: int = 0, nprobe: int = 32, ef_search: int = 128) -> faiss.Index:
+    """An inner-product index of `vectors` (N, d) from a factory string; IVF/PQ train on a sample.
+
+    With `num_shards > 1` the rows are split into contiguous ranges, one sub-index each, joined
+    by `faiss.IndexShards` (ids stay global); a Retriever replica can hold a single shard.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if factory == "auto":
+        factory = auto_factory(n, dim)
+    if num_shards <= 1:
+        return _build_one(vectors, factory, train_sample, seed, nprobe, ef_search)
+    shards = faiss.IndexShards(dim, False, True)  # not threaded; successive ids
+    bounds = np.linspace(0, n, num_shards + 1).astype(int)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        shards.add_shard(_build_one(vectors[lo:hi], factory, train_sample, seed, nprobe, ef_search))
+    return shards
+
+
+def _build_one(vectors: np.ndarray, factory: str, train_sample: int, seed: int, nprobe: int,
+               ef_search: int) -> faiss.Index:
+    n, dim = vectors.shape
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"invalid FAISS factory string {factory!r}: {str(e).splitlines()[0]}") from None
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(n, size=min(n, train_sample), replace=False)]
+        index.train(sample)
+    index.add(vectors)
+    set_search_effort(index, nprobe, ef_search)
+    return index
+
+
+def set_search_effort(index: faiss.Index, nprobe: int = 32, ef_search: int = 128, k_factor: int = 8) -> None:
+    """Search-time knobs: IVF lists probed, HNSW beam width, re-ranked candidates of a refined
+    (`...,RFlat`) index. Knobs an index does not have are skipped."""
+    for name, value in (("nprobe", nprobe), ("efSearch", ef_search), ("k_factor_rf", k_factor)):
+        try:
+            faiss.ParameterSpace().set_index_parameter(index, name, value)
+        except RuntimeError:
+            pass
+
+
+def save_ann(index: faiss.Index, folder: str) -> list[str]:
+    """Write `index` as shard_NNN.faiss files (one per shard); returns the file names."""
+    import os
+
+    shards = ([faiss.downcast_index(index.at(i)) for i in range(index.count())]
+              if isinstance(index, faiss.IndexShards) else [index])
+    names = []
+    for i, shard in enumerate(shards):
+        names.append(f"shard_{i:03d}.faiss")
+        faiss.write_index(shard, os.path.join(folder, names[-1]))
+    return names
+
+
+def load_ann(paths: list[str], nprobe: int = 32, ef_search: int = 128) -> faiss.Index:
+    """Read shard files back into one index (IndexShards when there are several)."""
+    parts = [faiss.read_index(p) for p in paths]
+    for part in parts:
+        set_search_effort(part, nprobe, ef_search)
+    if len(parts) == 1:
+        return parts[0]
+    shards = faiss.IndexShards(parts[0].d, False, True)
+    for part in parts:
+        shards.add_shard(part)
+    return shards
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k (the reference every index is checked against)."""
+    scores = queries @ vectors.T
+    k = min(k, vectors.shape[0])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    idx = np.take_along_axis(top, order, axis=1)
+    return np.take_along_axis(scores, idx, axis=1), idx
+
+
+def recall_at_k(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """Share of the exact top-k that `index` also returns."""
+    _, exact = exact_search(vectors, queries, k)
+    _, approx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact)]
+    return float(np.sum(hits) / exact.size)
