@@ -23,6 +23,7 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/python -m jobs.preprocess --config $(CONFIG)
 	$(BIN)/python -m jobs.train --config $(CONFIG)
+	$(BIN)/python -m jobs.build_index --config $(CONFIG)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

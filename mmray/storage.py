@@ -48,3 +48,21 @@ def read_json(uri: str) -> Any:
     fs, path = resolve_filesystem(uri)
     with fs.open_input_stream(path) as f:
         return json.loads(f.read())
+
+
+def set_current(root: str, version: str) -> None:
+    """Point `<root>/current.json` at `version` atomically (temp file + rename): readers see the
+    old version or the new one, never a half-written pointer."""
+    tmp = os.path.join(root, f".current.json.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump({"version": version, "path": os.path.join(root, version)}, f)
+    os.replace(tmp, os.path.join(root, "current.json"))
+
+
+def current_path(root: str) -> str | None:
+    """The folder `<root>/current.json` points at, or None when nothing has been published."""
+    path = os.path.join(root, "current.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return os.path.join(root, json.load(f)["version"])

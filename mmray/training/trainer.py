@@ -20,6 +20,7 @@ from mmray.embedder import Embedder
 from mmray.evalset import build_queries, relevance_matrix
 from mmray.metrics import retrieval_report
 from mmray.model import build_model, load_checkpoint
+from mmray.storage import set_current
 from mmray.training.data import items_dir, load_items, train_dataset
 from mmray.training.evaluate import EvalInputs, build_eval_inputs, evaluate
 from mmray.training.loop import train_loop_per_worker
@@ -89,22 +90,11 @@ def run_training(cfg: MmrayConfig, run_name: str | None = None, fail_at_epoch: i
 
 
 def bm25_baseline(test_items: list[dict], ev: EvalInputs) -> dict[str, float]:
-    """BM25 (bm25s) over title + description of the held-out items, on the same queries."""
-    import bm25s
+    """BM25 over title + description of the held-out items, on the same queries."""
+    from mmray.index.lexical import LexicalIndex
 
-    corpus = [f"{it['title']}. {it.get('description') or ''}" for it in test_items]
+    lexical = LexicalIndex.build([f"{it['title']}. {it.get('description') or ''}" for it in test_items])
     queries = build_queries(test_items)
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
-    scores = np.stack([retriever.get_scores(bm25s.tokenize(q.text, stopwords="en", show_progress=False,
-                                                           return_ids=False)[0]) for q in queries])
+    scores = np.stack([lexical.scores(q.text) for q in queries])
     rel = relevance_matrix(queries, [it["id"] for it in test_items])
     return retrieval_report(scores, rel, "query_", ks=(10,))
-
-
-def set_current(root: str, version: str) -> None:
-    """Point `<root>/current.json` at `version` (written to a temp file, then renamed)."""
-    tmp = os.path.join(root, f".current.json.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump({"version": version, "path": os.path.join(root, version)}, f)
-    os.replace(tmp, os.path.join(root, "current.json"))

@@ -1,0 +1,41 @@
+"""Embed the preprocessed catalog with the current model and publish a new index version.
+
+    python -m jobs.build_index --config configs/local.yaml [--model artifacts/models/dual_encoder/<v>]
+    ray job submit --working-dir . -- python -m jobs.build_index --config configs/local.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from mmray.config import ConfigError, load_config
+from mmray.runtime import init_ray, run_job, setup_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.build_index", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/local.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--model", help="model checkpoint folder (default: the current model)")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        from mmray.index.build import build_index
+        from mmray.index.retriever import IndexLoadError
+
+        cfg = load_config(args.config, args.set)
+        init_ray()
+        try:
+            manifest = build_index(cfg, args.model)
+        except IndexLoadError as e:
+            raise ValueError(str(e)) from None
+        manifest.pop("files", None)
+        print(json.dumps(manifest, indent=2))
+        return 0
+
+    return run_job(body, (ConfigError, FileNotFoundError, ValueError))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""Search over a built index: vector (FAISS), lexical (BM25), fused by reciprocal rank fusion,
+with metadata filters and variant collapsing.
+
+Filters are exact: when the ANN index cannot return k matching items, the search falls back to
+brute force over the matching rows, so k results come back whenever k matching items exist.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from mmray.index.ann import exact_search, load_ann
+from mmray.index.filters import SearchFilters
+from mmray.index.lexical import LexicalIndex
+from mmray.storage import current_path
+
+MANIFEST = "manifest.json"
+
+
+class IndexLoadError(Exception):
+    """An index folder that is missing, half-written or corrupt."""
+
+
+@dataclass
+class Hit:
+    row: int
+    id: str
+    product_id: str
+    title: str
+    price: float | None
+    score: float
+    retrievers: list[str] = field(default_factory=list)
+    image: str = ""
+    variants: int = 1  # items of this product that matched (when collapsed)
+
+
+def read_manifest(folder: str, verify: bool = True) -> dict:
+    """The manifest of a complete index, after checking every listed file; IndexLoadError otherwise."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isdir(folder):
+        raise IndexLoadError(f"index folder does not exist: {folder}")
+    if not os.path.exists(path):
+        raise IndexLoadError(f"index {folder} is incomplete: no {MANIFEST} (half-written or not an index)")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise IndexLoadError(f"index {folder} has an unreadable manifest: {e}") from None
+    for rel, info in files.items():
+        p = os.path.join(folder, rel)
+        if not os.path.exists(p):
+            raise IndexLoadError(f"index {folder} is missing {rel}")
+        if os.path.getsize(p) != info["bytes"]:
+            raise IndexLoadError(f"index {folder}: {rel} has {os.path.getsize(p)} bytes, manifest says {info['bytes']}")
+        if verify and _sha256(p) != info["sha256"]:
+            raise IndexLoadError(f"index {folder}: {rel} is corrupt (checksum mismatch)")
+    return manifest
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def current_index(root: str) -> str:
+    folder = current_path(root)
+    if folder is None:
+        raise IndexLoadError(f"no index has been published under {root}: run `python -m jobs.build_index`")
+    return folder
+
+
+class Retriever:
+    """One loaded index version."""
+
+    def __init__(self, folder: str, manifest: dict, ann: faiss.Index, vectors: np.ndarray, meta: dict,
+                 lexical: LexicalIndex, rrf_k: int = 60):
+        self.folder, self.manifest, self.ann, self.vectors, self.lexical = folder, manifest, ann, vectors, lexical
+        self.meta, self.rrf_k = meta, rrf_k
+        self.version = manifest["version"]
+        self.row_of = {item_id: row for row, item_id in enumerate(meta["id"])}
+        self.rows_of_product: dict[str, list[int]] = {}
+        for row, pid in enumerate(meta["product_id"]):
+            self.rows_of_product.setdefault(pid, []).append(row)
+
+    @classmethod
+    def load(cls, folder: str, nprobe: int = 32, ef_search: int = 128, rrf_k: int = 60) -> "Retriever":
+        manifest = read_manifest(folder)
+        try:
+            ann = load_ann([os.path.join(folder, s) for s in manifest["shards"]], nprobe, ef_search)
+            vectors = np.load(os.path.join(folder, "vectors.npy"))
+            table = pq.read_table(os.path.join(folder, "metadata.parquet")).to_pydict()
+            lexical = LexicalIndex.load(os.path.join(folder, "lexical"))
+        except Exception as e:  # noqa: BLE001 - any read failure means the same thing to the caller
+            raise IndexLoadError(f"index {folder} cannot be loaded: {type(e).__name__}: {e}") from None
+        if ann.ntotal != len(vectors) or len(vectors) != len(table["id"]):
+            raise IndexLoadError(f"index {folder} is inconsistent: {ann.ntotal} vectors in FAISS, "
+                              f"{len(vectors)} stored, {len(table['id'])} metadata rows")
+        meta = {k: np.array(v, dtype=object) for k, v in table.items()}
+        meta["price"] = np.array([np.nan if p is None else p for p in table["price"]], dtype=np.float64)
+        meta["available"] = np.array(table["available"], dtype=bool)
+        for col in ("category", "gender", "color"):
+            meta[f"{col}_lc"] = np.array([(v or "").lower() for v in table[col]], dtype=object)
+        return cls(folder, manifest, ann, vectors, meta, lexical, rrf_k)
+
+    @classmethod
+    def load_current(cls, root: str, **kwargs) -> "Retriever":
+        return cls.load(current_index(root), **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    # ------------------------------------------------------------------ search
+    def search(self, vector: np.ndarray, k: int = 10, filters: SearchFilters | None = None,
+               query_text: str | None = None, hybrid: bool = False, collapse: bool = True,
+               exclude_rows: list[int] | None = None) -> list[Hit]:
+        """Top-k items (or products, when `collapse`) for a query vector, optionally fused with BM25."""
+        mask = (filters or SearchFilters()).mask(self.meta)
+        if exclude_rows:
+            mask[exclude_rows] = False
+        n_match = int(mask.sum())
+        if n_match == 0 or k <= 0:
+            return []
+        vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        unrestricted = n_match == len(mask)
+        fetch = min(n_match, k * (4 if collapse else 1))
+        while True:
+            vec_rows, vec_scores = self._vector_candidates(vector, mask, fetch, unrestricted)
+            ranked = self._fuse(vec_rows, vec_scores, query_text, mask, fetch) if hybrid and query_text \
+                else [(r, s, ["vector"]) for r, s in zip(vec_rows, vec_scores)]
+            hits = self._collapse(ranked) if collapse else [self._hit(r, s, src) for r, s, src in ranked]
+            if len(hits) >= k or fetch >= n_match:
+                return hits[:k]
+            fetch = min(n_match, fetch * 4)
+
+    def _vector_candidates(self, vector, mask, fetch, unrestricted) -> tuple[list[int], list[float]]:
+        if unrestricted:
+            scores, rows = self.ann.search(vector, fetch)
+        else:
+            scores, rows = self._filtered_ann(vector, mask, fetch)
+        pairs = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0 and mask[r]]
+        if len(pairs) < fetch:  # the ANN index could not deliver: brute force over the matching rows
+            subset = np.flatnonzero(mask)
+            s, i = exact_search(self.vectors[subset], vector, fetch)
+            pairs = [(int(subset[j]), float(v)) for j, v in zip(i[0], s[0])]
+        return [r for r, _ in pairs], [s for _, s in pairs]
+
+    def _filtered_ann(self, vector, mask, fetch):
+        ids = np.flatnonzero(mask).astype(np.int64)
+        if isinstance(self.ann, faiss.IndexShards) or len(ids) < 4 * fetch:
+            return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)  # brute force is cheaper/exact
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
+        try:
+            return self.ann.search(vector, fetch, params=params)
+        except RuntimeError:
+            return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
+
+    def _fuse(self, vec_rows, vec_scores, query_text, mask, fetch):
+        """Reciprocal rank fusion: score = sum over rankings of 1 / (rrf_k + rank), rank from 1."""
+        lex = self.lexical.scores(query_text, mask)
+        lex_rows = [int(r) for r in np.argsort(-lex, kind="stable")[:fetch] if np.isfinite(lex[r]) and lex[r] > 0]
+        fused: dict[int, list] = {}
+        for ranking, name in ((vec_rows, "vector"), (lex_rows, "lexical")):
+            for rank, row in enumerate(ranking, start=1):
+                entry = fused.setdefault(row, [0.0, []])
+                entry[0] += 1.0 / (self.rrf_k + rank)
+                entry[1].append(name)
+        return sorted(((r, s, src) for r, (s, src) in fused.items()), key=lambda t: (-t[1], t[0]))
+
+    def _collapse(self, ranked) -> list[Hit]:
+        best: dict[str, Hit] = {}
+        for row, score, sources in ranked:
+            pid = self.meta["product_id"][row]
+            if pid in best:
+                best[pid].variants += 1
+                best[pid].retrievers = sorted(set(best[pid].retrievers) | set(sources))
+            else:
+                best[pid] = self._hit(row, score, sources)
+        return list(best.values())
+
+    def _hit(self, row: int, score: float, sources: list[str]) -> Hit:
+        price = self.meta["price"][row]
+        return Hit(row=row, id=self.meta["id"][row], product_id=self.meta["product_id"][row],
+                   title=self.meta["title"][row], price=None if np.isnan(price) else float(price),
+                   score=float(score), retrievers=sorted(sources), image=self.meta["image"][row])
+
+    def similar(self, item_id: str, k: int = 10, filters: SearchFilters | None = None,
+                collapse: bool = True) -> list[Hit]:
+        """Items like `item_id` (an item or product id), excluding the item's own product."""
+        rows = self.rows_for(item_id)
+        if not rows:
+            raise KeyError(item_id)
+        query = self.vectors[rows].mean(axis=0)
+        query /= max(np.linalg.norm(query), 1e-12)
+        own = self.rows_of_product[self.meta["product_id"][rows[0]]]
+        return self.search(query, k, filters, collapse=collapse, exclude_rows=own)
+
+    def rows_for(self, item_or_product_id: str) -> list[int]:
+        if item_or_product_id in self.row_of:
+            return [self.row_of[item_or_product_id]]
+        return list(self.rows_of_product.get(item_or_product_id, []))
+
+    def item(self, row: int) -> dict:
+        return {k: (v[row].item() if hasattr(v[row], "item") else v[row])
+                for k, v in self.meta.items() if not k.endswith("_lc")}
