@@ -36,9 +36,19 @@ class ServeConfig(StrictConfig):
     """Longest accepted text query."""
     max_k: int = Field(100, ge=1)
     """Largest k a request may ask for."""
-    ingress: DeploymentConfig = DeploymentConfig()
-    """Ingress deployment."""
-    embedder: DeploymentConfig = DeploymentConfig()
-    """Embedder deployment."""
-    retriever: DeploymentConfig = DeploymentConfig()
+    max_inflight: int = Field(32, ge=1)
+    """Requests the ingress works on at once; past it, 503 with Retry-After (never a hung connection)."""
+    retry_after_s: int = Field(1, ge=0)
+    """Retry-After seconds sent with 503."""
+    reload_poll_s: float = Field(2.0, gt=0)
+    """How often Retriever replicas check `indexes/current.json` for a new version."""
+    embed_batch_wait_s: float = Field(0.005, ge=0)
+    """@serve.batch wait for more requests before embedding a batch."""
+    embed_max_batch: int = Field(32, ge=1)
+    """@serve.batch maximum batch size."""
+    ingress: DeploymentConfig = DeploymentConfig(num_cpus=0.25, max_ongoing_requests=256, max_queued_requests=256)
+    """Ingress deployment (HTTP, validation, orchestration)."""
+    embedder: DeploymentConfig = DeploymentConfig(num_cpus=1.0, max_ongoing_requests=64, max_queued_requests=256)
+    """Embedder deployment (the model)."""
+    retriever: DeploymentConfig = DeploymentConfig(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256)
     """Retriever deployment."""

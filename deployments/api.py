@@ -1,0 +1,106 @@
+"""HTTP schemas and error plumbing for the /v1 API: typed requests, one JSON error shape.
+
+Every error is `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx status.
+"""
+from __future__ import annotations
+
+import json
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mmray.index.filters import SearchFilters
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                 415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable", 504: "timeout"}
+
+
+def install_error_handlers(app) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_request", describe_validation(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return error_response(500, "internal", f"internal error ({type(exc).__name__})")
+
+
+def describe_validation(errors) -> str:
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ())[1:]) or str(err.get("loc", ("body",))[0])
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return "; ".join(parts)[:1000]
+
+
+def parse_filters(raw: str | None) -> SearchFilters | None:
+    """Filters sent as a JSON form field (multipart routes)."""
+    if not raw:
+        return None
+    try:
+        return SearchFilters.model_validate(json.loads(raw))
+    except json.JSONDecodeError as e:
+        raise ApiError(422, "invalid_request", f"filters: not valid JSON ({e.msg})") from None
+    except ValidationError as e:
+        raise ApiError(422, "invalid_request", "filters." + describe_validation(e.errors())) from None
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchRequest(Strict):
+    query: str = Field(..., min_length=1, description="Text query")
+    k: int = Field(10, ge=1, description="Results wanted (at most serve.max_k)")
+    filters: SearchFilters | None = None
+    hybrid: bool | None = Field(None, description="Fuse BM25 with vectors (default: index.hybrid)")
+    collapse: bool = Field(True, description="One result per product (best variant)")
+
+
+class EmbedRequest(Strict):
+    text: str = Field(..., min_length=1)
+
+
+class Result(BaseModel):
+    product_id: str
+    id: str = Field(description="The best-matching variant (item) id")
+    title: str
+    price: float | None
+    score: float
+    retrievers: list[str] = Field(description="Which retrievers found it: vector, lexical")
+    image_url: str
+    variants: int
+
+
+class SearchResponse(BaseModel):
+    results: list[Result]
+    index_version: str
+    took_ms: float
+
+
+class EmbedResponse(BaseModel):
+    vector: list[float]
+    dim: int
+    model_version: str

@@ -1,0 +1,98 @@
+"""Deploy the app to the running Ray cluster (or a new local one), wait until it is ready, and
+print example requests with their real answers. The app keeps serving after this exits.
+
+    python -m deployments.launch --config configs/local.yaml [--host 127.0.0.1 --port 8000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from mmray.config import ConfigError, load_config
+from mmray.runtime import run_job, setup_logging
+
+
+def _request(url: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def wait_ready(base: str, timeout_s: float = 180) -> dict:
+    deadline = time.time() + timeout_s
+    last = None
+    while time.time() < deadline:
+        try:
+            status, body = _request(base + "/readyz")
+            if status == 200:
+                return body
+            last = body
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            last = str(e)
+        time.sleep(1)
+    raise TimeoutError(f"app not ready after {timeout_s} s: {last}")
+
+
+EXAMPLES = [
+    ("POST", "/v1/search", {"query": "red jacket for women", "k": 3}),
+    ("POST", "/v1/search", {"query": "waterproof messenger bag", "k": 3, "filters": {"max_price": 60}}),
+    ("GET", "/v1/products/MH01/similar?k=3", None),
+    ("GET", "/v1/index", None),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.launch", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/local.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--address", default="auto", help="Ray cluster to deploy to ('local' starts one here)")
+    args = parser.parse_args(argv)
+    setup_logging()
+
+    def body() -> int:
+        import ray
+        from ray import serve
+
+        from deployments.app import build_app
+
+        cfg = load_config(args.config, args.set)
+        ray.init(address=None if args.address == "local" else args.address, include_dashboard=False,
+                 log_to_driver=False)
+        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port,
+                                  "request_timeout_s": cfg.serve.request_timeout_s * 2})
+        serve.run(build_app({"config": args.config, "overrides": args.set}), name="mmray", route_prefix="/",
+                  blocking=False)
+        base = f"http://{cfg.serve.host}:{cfg.serve.port}"
+        ready = wait_ready(base)
+        print(f"\nmmray is serving at {base}  (index {ready['index_version']}, model {ready['model_version']})")
+        print(f"demo page: {base}/   API docs: {base}/docs\n")
+        for method, path, payload in EXAMPLES:
+            curl = f"curl -s {'-X POST ' if method == 'POST' else ''}{base}{path}"
+            if payload is not None:
+                curl += f" -H 'Content-Type: application/json' -d '{json.dumps(payload)}'"
+            status, answer = _request(base + path, payload)
+            print(f"$ {curl}\n[{status}] {json.dumps(_shorten(answer))}\n")
+        print(f"$ curl -s -X POST {base}/v1/search/image -F image=@data/luma/images/mb05-black-0.jpg -F k=3")
+        print("stop it with: make stop  (ray stop)")
+        return 0
+
+    return run_job(body, (ConfigError, FileNotFoundError, TimeoutError))
+
+
+def _shorten(answer: dict) -> dict:
+    if "results" in answer:
+        answer = dict(answer, results=[{k: r[k] for k in ("product_id", "title", "price", "score", "retrievers")}
+                                       for r in answer["results"]])
+    return answer
+
+
+if __name__ == "__main__":
+    sys.exit(main())
