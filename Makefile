@@ -5,9 +5,10 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?= configs/local.yaml
+RAY_CPUS ?= 2
 export RAY_AUTH_MODE ?= token
 
-.PHONY: quickstart test install preprocess train benchmarks lint clean
+.PHONY: quickstart test install serve stop benchmarks lint clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (set PY=python3.x)"; exit 1; }
@@ -24,6 +25,17 @@ quickstart: $(STAMP)
 	$(BIN)/python -m jobs.preprocess --config $(CONFIG)
 	$(BIN)/python -m jobs.train --config $(CONFIG)
 	$(BIN)/python -m jobs.build_index --config $(CONFIG)
+	$(MAKE) --no-print-directory serve
+
+# Serve on 127.0.0.1:8000 in a local Ray cluster that outlives this command (`make stop` ends it).
+serve: $(STAMP)
+	-$(BIN)/ray stop >/dev/null 2>&1
+	$(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=6380 --num-cpus=$(RAY_CPUS) \
+		--include-dashboard=false --disable-usage-stats >/dev/null
+	$(BIN)/python -m deployments.launch --config $(CONFIG)
+
+stop:
+	$(BIN)/ray stop
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -267,7 +267,12 @@ def ray_train_loop(config: dict) -> None:
     res["t_entry"] = t_entry
     gathered = [None] * world
     dist.all_gather_object(gathered, res)
-    ray.train.report({"ranks": gathered} if rank == 0 else {})
+    if rank == 0:  # Ray Train V2 keeps only metrics that come with a checkpoint: a tiny one
+        with tempfile.TemporaryDirectory() as folder:
+            Path(folder, "bench.json").write_text(json.dumps(gathered))
+            ray.train.report({"ranks": gathered}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    else:
+        ray.train.report({}, checkpoint=None)
 
 
 def run_ray(cfg_dict: dict, ds, workers: int, cpus: int, args, storage: str) -> dict:
@@ -301,6 +306,23 @@ def run_ray(cfg_dict: dict, ds, workers: int, cpus: int, args, storage: str) -> 
         nice=sorted({r["nice"] for r in ranks}), threads=sorted({r["threads"] for r in ranks}),
         window_s=max(r["window_s"] for r in ranks))
     return r0
+
+
+def start_ray(cpus: int, niceness: int, temp_dir: str) -> None:
+    """Join RAY_ADDRESS if set; else start a private local Ray with `cpus` CPUs.
+
+    address="local" and a private temp dir: a plain ray.init() would join whatever cluster
+    /tmp/ray/ray_current_cluster names (another user's `ray start` on a shared machine)."""
+    import ray
+
+    kwargs = {"log_to_driver": True, "configure_logging": False}
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_worker_niceness", str(niceness))
+        kwargs.update(address="local", num_cpus=cpus, include_dashboard=False, _temp_dir=temp_dir)
+    ray.init(**kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
 
 
 # --------------------------------------------------------------------------- report
@@ -389,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: dict[str, list[dict]] = {"plain": [], "ray 1w": [], "ray 2w": []}
     storage = tempfile.mkdtemp(prefix="mmray-bench-train-")
+    ray_tmp = tempfile.mkdtemp(prefix="rbt-", dir="/tmp")  # short: Ray's socket paths live under it
     ray_init_s = None
     try:
         for rep in range(args.repeats):
@@ -396,14 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             runs["plain"].append(summarize("plain", plain_loop(cfg_dict, rows, args.batch, args.warmup, args.steps,
                                                                args.cpus), args.batch, args.steps, args.warmup))
             if ray_init_s is None:  # after the first plain run, so Ray's idle daemons never overlap it
-                import ray
-
-                from mmray.runtime import init_ray
-
-                if not os.environ.get("RAY_ADDRESS"):
-                    os.environ.setdefault("RAY_worker_niceness", str(args.worker_niceness))
                 t0 = time.time()
-                init_ray(num_cpus=args.cpus)
+                start_ray(args.cpus, args.worker_niceness, ray_tmp)
                 ds = ray_dataset(rows)
                 ray_init_s = time.time() - t0
             for workers in (1, 2):
@@ -411,7 +428,12 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_ray(cfg_dict, ds, workers, args.cpus, args, storage)
                 runs[f"ray {workers}w"].append(summarize(f"ray {workers}w", res, args.batch, args.steps, args.warmup))
     finally:
+        if ray_init_s is not None:
+            import ray
+
+            ray.shutdown()
         shutil.rmtree(storage, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
     chosen = {k: best(v) for k, v in runs.items()}
     plain, one, two = chosen["plain"], chosen["ray 1w"], chosen["ray 2w"]

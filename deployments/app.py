@@ -16,6 +16,7 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, ConfigDict
 from ray import serve
+from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from deployments.api import (ApiError, EmbedRequest, EmbedResponse, SearchRequest, SearchResponse,
@@ -277,8 +278,9 @@ def _options(d: DeploymentConfig) -> dict:
     return opts
 
 
-def build_app(args: dict | None = None):
-    a = AppArgs.model_validate(args or {})
+def build_app(args: AppArgs | dict | None = None) -> Application:
+    """The whole graph for one config; `args` come from `serve run`/`serve build` or a serve config."""
+    a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     cfg: MmrayConfig = load_config(a.config, a.overrides)
     s = cfg.serve
     embedder = EmbedderDeployment.options(**_options(s.embedder)).bind(s.embed_max_batch, s.embed_batch_wait_s)
