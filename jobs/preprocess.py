@@ -22,9 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def body() -> int:
+        from mmray.catalog import list_catalog_files
         from mmray.preprocess import run_preprocess
 
         cfg = load_config(args.config, args.set)
+        list_catalog_files(cfg.data.catalog)  # a missing catalog fails here, before Ray starts
         init_ray()
         report = run_preprocess(cfg, args.output)
         print(json.dumps(report, indent=2))

@@ -43,7 +43,7 @@ class DataConfig(StrictConfig):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     """Image files larger than this are quarantined without being read whole."""
     max_images_per_item: int = Field(8, ge=1, le=64)
-    """Image references past this count are ignored (and counted in the report)."""
+    """Image references past this count are ignored."""
     max_text_chars: int = Field(20_000, ge=100)
     """Descriptions are cut to this many characters after cleaning."""
     unknown_columns: Literal["keep", "quarantine"] = "keep"
