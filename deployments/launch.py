@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 from mmray.config import ConfigError, load_config
 from mmray.runtime import run_job, setup_logging
@@ -19,6 +21,23 @@ from mmray.runtime import run_job, setup_logging
 def _request(url: str, body: dict | None = None) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def _upload(url: str, path: str, fields: dict[str, str]) -> tuple[int, dict]:
+    """A multipart/form-data POST with one file (stdlib only, so the launcher needs no extras)."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    with open(path, "rb") as f:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{os.path.basename(path)}"'
+                     f'\r\nContent-Type: application/octet-stream\r\n\r\n'.encode() + f.read() + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -80,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
                 curl += f" -H 'Content-Type: application/json' -d '{json.dumps(payload)}'"
             status, answer = _request(base + path, payload)
             print(f"$ {curl}\n[{status}] {json.dumps(_shorten(answer))}\n")
-        print(f"$ curl -s -X POST {base}/v1/search/image -F image=@data/luma/images/mb05-black-0.jpg -F k=3")
+        image = "data/luma/images/mb05-black-0.jpg"
+        if os.path.exists(image):
+            status, answer = _upload(base + "/v1/search/image", image, {"k": "3"})
+            print(f"$ curl -s -X POST {base}/v1/search/image -F image=@{image} -F k=3\n"
+                  f"[{status}] {json.dumps(_shorten(answer))}\n")
         print("stop it with: make stop  (ray stop)")
         return 0
 
