@@ -229,7 +229,7 @@ def run_quality(args) -> None:
     if folder is None:
         raise SystemExit(f"no published index under {index_root}: run `python -m jobs.build_index` first")
     items_path = cfg.storage.path("datasets", cfg.data.name, "items")
-    print(f"\n== Part 2: quality on the shipped catalog's held-out queries")
+    print("\n== Part 2: quality on the shipped catalog's held-out queries")
     t0 = time.perf_counter()
     service = SearchService.load(folder, cfg.index)
     retriever = service.retriever

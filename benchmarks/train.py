@@ -481,8 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * 118)
     m = info
     noisy = max(r["cores"]["other"] for r in chosen.values() if r["cores"])
-    print(f"overhead = 1 - samples/s(config) / samples/s(plain), measured steps only; 'med step' = median step"
-          f" wall; 'data wait' = time in next(batch); 'allreduce' = time in average_gradients")
+    print("overhead = 1 - samples/s(config) / samples/s(plain), measured steps only; 'med step' = median step"
+          " wall; 'data wait' = time in next(batch); 'allreduce' = time in average_gradients")
     print(f"rows: {n_rows} (first {n_rows} training rows, file order), same rows in every config: "
           f"{'yes' if same_rows else 'NO'}; Ray workers shuffle: {'yes' if args.shuffle else 'no'};"
           f" trainable params {plain['trainable_params']:,}; step times (s): "

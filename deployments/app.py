@@ -19,8 +19,16 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from deployments.api import (ApiError, EmbedRequest, EmbedResponse, SearchRequest, SearchResponse,
-                             error_response, install_error_handlers, parse_filters)
+from deployments.api import (
+    ApiError,
+    EmbedRequest,
+    EmbedResponse,
+    SearchRequest,
+    SearchResponse,
+    error_response,
+    install_error_handlers,
+    parse_filters,
+)
 from deployments.demo import DEMO_HTML
 from deployments.replicas import EmbedderDeployment, RetrieverDeployment
 from mmray.config import DeploymentConfig, MmrayConfig, ServeConfig, load_config

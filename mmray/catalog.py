@@ -31,8 +31,9 @@ import math
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 from html.parser import HTMLParser
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs

@@ -7,7 +7,7 @@ for locked towers) and projected embeddings.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -18,8 +18,16 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from mmray.catalog import (RECORD_SCHEMA, CatalogError, catalog_folder, empty_record, iter_raw_rows,
-                           list_catalog_files, normalize_row, resolve_image_ref)
+from mmray.catalog import (
+    RECORD_SCHEMA,
+    CatalogError,
+    catalog_folder,
+    empty_record,
+    iter_raw_rows,
+    list_catalog_files,
+    normalize_row,
+    resolve_image_ref,
+)
 from mmray.config import DataConfig, MmrayConfig
 from mmray.images import ImageRejected, content_hash, decode_image, encode_image, read_image_bytes
 from mmray.storage import publish, staging_dir, write_json

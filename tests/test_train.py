@@ -106,3 +106,21 @@ def test_tiny_loss_decreases_without_ray(small_storage):
     torch.manual_seed(0)
     losses = [run_epoch(state, batches, 0, 1, cached=False, epoch=e) for e in range(6)]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_step_on_gpu(small_storage):
+    """bf16 autocast path: one epoch on the GPU gives a finite loss (skipped on CPU machines)."""
+    from mmray.training.data import explode_images
+    from mmray.training.loop import TrainState, run_epoch
+
+    cfg = tiny_config(small_storage, "train.num_workers=1", "train.precision=bf16")
+    items = [r for r in load_items(items_dir(cfg)) if r["split"] == "train"][:32]
+    batch = explode_images({"group": np.array([r["group"] for r in items], dtype=object),
+                            "images": np.array([r["images"] for r in items], dtype=object),
+                            "captions": np.array([r["captions"] for r in items], dtype=object)})
+    state = TrainState(cfg, 1)
+    state.model.cuda()
+    loss = run_epoch(state, [{k: v[:16] for k, v in batch.items()}], 0, 1, cached=False, epoch=0)
+    assert np.isfinite(loss)

@@ -25,3 +25,7 @@ class IndexConfig(StrictConfig):
     """HNSW search beam width (recall vs speed)."""
     embed_batch_size: int = Field(64, ge=1)
     """Rows per embedding batch."""
+    embed_concurrency: int = Field(2, ge=1)
+    """Embedder actors in the Ray Data pool that embeds the catalog (one model copy each)."""
+    embed_num_gpus: float = Field(0.0, ge=0)
+    """GPUs per embedder actor (0: CPU)."""

@@ -83,7 +83,7 @@ def build_index(cfg: MmrayConfig, model_dir: str | None = None) -> dict:
     embedded = ds.map_batches(
         ItemEmbedder, batch_size=cfg.index.embed_batch_size, batch_format="numpy",
         fn_constructor_args=(model_dir, cfg.index.embed_batch_size, cfg.index.image_weight),
-        compute=ray.data.ActorPoolStrategy(size=max(1, min(2, int(ray.available_resources().get("CPU", 1))))))
+        compute=ray.data.ActorPoolStrategy(size=cfg.index.embed_concurrency), num_gpus=cfg.index.embed_num_gpus)
     by_id = {}
     for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
         for item_id, vec, image in zip(batch["id"], batch["vector"], batch["first_image"]):

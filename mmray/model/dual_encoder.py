@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from mmray.config import ModelConfig
-from mmray.model.towers import (LiteImageTower, LiteTextTower, TinyImageTower, TinyTextTower, load_tokenizer)
+from mmray.model.towers import LiteImageTower, LiteTextTower, TinyImageTower, TinyTextTower, load_tokenizer
 
 WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE = "weights.pt", "model_config.yaml", "metrics.json"
 

