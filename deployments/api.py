@@ -47,11 +47,17 @@ def install_error_handlers(app) -> None:
         return error_response(500, "internal", f"internal error ({type(exc).__name__})")
 
 
-def describe_validation(errors) -> str:
+def describe_validation(errors, prefix: str | None = None) -> str:
+    """One line per error. Request errors drop their leading `body`/`query`/`path`; with `prefix`
+    the whole location is kept under it. A model-level error has an empty location."""
     parts = []
     for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ())[1:]) or str(err.get("loc", ("body",))[0])
-        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+        loc = tuple(str(p) for p in err.get("loc") or ())
+        if prefix is None:
+            where = ".".join(loc[1:]) or (loc[0] if loc else "body")
+        else:
+            where = ".".join((prefix, *loc))
+        parts.append(f"{where}: {err.get('msg')}")
     return "; ".join(parts)[:1000]
 
 
@@ -64,7 +70,7 @@ def parse_filters(raw: str | None) -> SearchFilters | None:
     except json.JSONDecodeError as e:
         raise ApiError(422, "invalid_request", f"filters: not valid JSON ({e.msg})") from None
     except ValidationError as e:
-        raise ApiError(422, "invalid_request", "filters." + describe_validation(e.errors())) from None
+        raise ApiError(422, "invalid_request", describe_validation(e.errors(), "filters")) from None
 
 
 class Strict(BaseModel):

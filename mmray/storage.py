@@ -66,3 +66,9 @@ def current_path(root: str) -> str | None:
         return None
     with open(path) as f:
         return os.path.join(root, json.load(f)["version"])
+
+
+def new_version() -> str:
+    """A sortable, unique-enough version name: v20261128-171403-123 (to the millisecond)."""
+    now = time.time()
+    return time.strftime("v%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now * 1000) % 1000:03d}"

@@ -17,7 +17,10 @@ def auto_factory(n: int, dim: int) -> str:
     if n <= 2_000_000:
         return "HNSW32"
     lists = 1 << int(math.log2(4 * math.sqrt(n)))
-    return f"IVF{lists},PQ{max(8, dim // 8)}"
+    m = max(8, dim // 8)
+    while dim % m:  # PQ needs the dimension to be a multiple of the number of sub-quantizers
+        m -= 1
+    return f"IVF{lists},PQ{m}"
 
 
 def build_ann(vectors: np.ndarray, factory: str, num_shards: int = 1, train_sample: int = 100_000,
@@ -50,7 +53,11 @@ def _build_one(vectors: np.ndarray, factory: str, train_sample: int, seed: int, 
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample = vectors[rng.choice(n, size=min(n, train_sample), replace=False)]
-        index.train(sample)
+        try:
+            index.train(sample)
+        except RuntimeError as e:  # e.g. fewer training vectors than IVF lists
+            raise ValueError(f"FAISS index {factory!r} cannot be trained on {len(sample)} vectors: "
+                             f"{str(e).splitlines()[0]}") from None
     index.add(vectors)
     set_search_effort(index, nprobe, ef_search)
     return index

@@ -27,7 +27,7 @@ from mmray.config import MmrayConfig
 from mmray.embedder import Embedder, fuse
 from mmray.index.ann import build_ann, recall_at_k, save_ann
 from mmray.index.lexical import LexicalIndex
-from mmray.storage import current_path, set_current, staging_dir
+from mmray.storage import current_path, new_version, set_current, staging_dir
 from mmray.training.evaluate import item_image_vectors
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def build_index(cfg: MmrayConfig, model_dir: str | None = None) -> dict:
     vectors = np.stack([by_id[i][0] for i in meta["id"]]).astype(np.float32)
     t_embed = time.time()
 
-    version = time.strftime("v%Y%m%d-%H%M%S")
+    version = new_version()
     final = cfg.storage.path("indexes", version)
     folder = staging_dir(final)
     os.makedirs(os.path.join(folder, "images"))

@@ -20,7 +20,7 @@ from mmray.embedder import Embedder
 from mmray.evalset import build_queries, relevance_matrix
 from mmray.metrics import retrieval_report
 from mmray.model import build_model, load_checkpoint
-from mmray.storage import set_current
+from mmray.storage import new_version, set_current
 from mmray.training.data import items_dir, load_items, train_dataset
 from mmray.training.evaluate import EvalInputs, build_eval_inputs, evaluate
 from mmray.training.loop import train_loop_per_worker
@@ -49,7 +49,7 @@ def run_training(cfg: MmrayConfig, run_name: str | None = None, fail_at_epoch: i
     log.info("training on %d rows (%s), %d steps/epoch, %d workers", rows,
              "cached tower features" if cached else "images end to end", steps_per_epoch, world)
 
-    version = time.strftime("v%Y%m%d-%H%M%S")
+    version = new_version()
     run_name = run_name or f"dual_encoder-{version}"
     trainer = TorchTrainer(
         train_loop_per_worker,
