@@ -236,6 +236,7 @@ def run_stage(cfg) -> tuple[float, int]:
     records = pa.concat_tables(parse_files(pa.table({"path": [f], "file_index": [i]}), data)
                                for i, f in enumerate(files))
     image_root = data.image_root or catalog_folder(data.catalog)
+    # the block count, batch size and concurrency run_preprocess uses (keep in step with mmray/preprocess.py)
     num_blocks = max(1, -(-records.num_rows // data.batch_size))
     t0 = time.perf_counter()
     ds = ray.data.from_arrow(records).repartition(num_blocks).map_batches(

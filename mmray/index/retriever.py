@@ -48,11 +48,13 @@ def read_manifest(folder: str, verify: bool = True) -> dict:
     if not os.path.exists(path):
         raise IndexLoadError(f"index {folder} is incomplete: no {MANIFEST} (half-written or not an index)")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise IndexLoadError(f"index {folder} has an unreadable manifest: {e}") from None
+        str(manifest["version"])
+        files = {str(rel): {"bytes": int(info["bytes"]), "sha256": str(info["sha256"])}
+                 for rel, info in manifest["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # ValueError: bad JSON or UTF-8
+        raise IndexLoadError(f"index {folder} has an unreadable manifest: {type(e).__name__}: {e}") from None
     for rel, info in files.items():
         p = os.path.join(folder, rel)
         if not os.path.exists(p):

@@ -1,0 +1,454 @@
+"""The vector index: FAISS recall against brute force, sharding, save/load, factory strings; index
+folders (versions, the current pointer, corrupt or half-written folders refused); and one
+end-to-end build of a small slice of the shipped catalog with a tiny (untrained) model."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import LUMA_CATALOG, ROOT
+
+from mmray.index.ann import auto_factory, build_ann, exact_search, load_ann, recall_at_k, save_ann, set_search_effort
+from mmray.index.build import MANIFEST, file_digests
+from mmray.index.filters import SearchFilters
+from mmray.index.lexical import LexicalIndex
+from mmray.index.retriever import IndexLoadError, Retriever, read_manifest
+from mmray.storage import current_path, set_current, staging_dir
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- FAISS against brute force
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_faiss_thread():
+    """FAISS's OpenMP threads spin while they wait: on 2 shared cores one thread is several times faster."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """20k unit vectors (64-d) from a mixture of 200 gaussians, and 200 held-out queries from it."""
+    rng = np.random.default_rng(0)
+    n, nq, dim, k = 20_000, 200, 64, 200
+    centres = unit(rng.standard_normal((k, dim)))
+    labels = rng.integers(0, k, n + nq)
+    x = unit(centres[labels] + 0.6 * rng.standard_normal((n + nq, dim)) / np.sqrt(dim))
+    return x[:n], x[n:]
+
+
+def test_flat_is_exact(clustered):
+    x, q = clustered
+    index = build_ann(x, "Flat")
+    scores, ids = index.search(q, 10)
+    exact_scores, exact_ids = exact_search(x, q, 10)
+    assert np.array_equal(ids, exact_ids)
+    assert np.allclose(scores, exact_scores, atol=1e-5)
+    assert np.allclose(exact_scores[:, 0], np.max(q @ x.T, axis=1), atol=1e-6)  # the reference is right
+    assert recall_at_k(index, x, q, 10) == 1.0
+
+
+# "IVF256,PQ16,RFlat" spends ~45 s (2 cores) in PQ polysemous training, which search never uses;
+# `np` turns that off and builds the same kind of index (IVF-PQ, re-ranked on the full vectors).
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF256,Flat", "IVF256,PQ16np,RFlat"])
+def test_ann_recall_at_10(clustered, factory):
+    x, q = clustered
+    index = build_ann(x, factory, train_sample=10_000, nprobe=32, ef_search=128)
+    assert index.ntotal == len(x)
+    recall = recall_at_k(index, x, q, 10)
+    assert recall >= 0.95, f"{factory}: recall@10 {recall:.3f}"
+    if "PQ16np" in factory:  # the same index as the literal "IVF256,PQ16,RFlat", less the unused training
+        literal = faiss.index_factory(64, "IVF256,PQ16,RFlat", faiss.METRIC_INNER_PRODUCT)
+        assert type(literal) is type(index) and isinstance(index, faiss.IndexRefineFlat)
+        assert faiss.downcast_index(faiss.extract_index_ivf(index)).pq.M == 16
+    if factory.startswith("IVF"):
+        ivf = faiss.extract_index_ivf(index)
+        assert ivf.nlist == 256 and ivf.nprobe == 32
+        set_search_effort(index, nprobe=1)  # the knob is wired: one list probed loses neighbours
+        assert recall_at_k(index, x, q, 10) < recall
+    else:
+        assert faiss.downcast_index(index).hnsw.efSearch == 128
+
+
+def test_sharded_flat_equals_unsharded(clustered):
+    x, q = clustered
+    one, three = build_ann(x, "Flat"), build_ann(x, "Flat", num_shards=3)
+    assert isinstance(three, faiss.IndexShards) and three.count() == 3 and three.ntotal == len(x)
+    assert [three.at(i).ntotal for i in range(3)] == [6666, 6667, 6667]
+    s1, i1 = one.search(q, 10)
+    s3, i3 = three.search(q, 10)
+    assert np.array_equal(i1, i3)  # ids are global row numbers, not per-shard ones
+    assert np.allclose(s1, s3, atol=1e-6)
+
+
+@pytest.mark.parametrize("factory,shards", [("Flat", 3), ("IVF16,Flat", 3), ("HNSW32", 2), ("HNSW32", 1)])
+def test_save_load_round_trip(tmp_path, clustered, factory, shards):
+    x, q = clustered
+    x = x[:4000]
+    index = build_ann(x, factory, num_shards=shards)
+    names = save_ann(index, str(tmp_path))
+    assert names == [f"shard_{i:03d}.faiss" for i in range(shards)]
+    assert sorted(os.listdir(tmp_path)) == names
+    loaded = load_ann([str(tmp_path / n) for n in names])
+    assert isinstance(loaded, faiss.IndexShards) == (shards > 1)
+    assert loaded.ntotal == len(x)
+    s0, i0 = index.search(q, 10)
+    s1, i1 = loaded.search(q, 10)
+    assert np.array_equal(i0, i1) and np.allclose(s0, s1, atol=1e-6)
+    if factory.startswith("IVF"):  # search effort is restored on load, per shard
+        assert all(faiss.extract_index_ivf(loaded.at(i)).nprobe == 32 for i in range(shards))
+
+
+def test_auto_factory_choices():
+    assert auto_factory(1_000, 64) == "Flat"
+    assert auto_factory(50_000, 256) == "Flat"
+    assert auto_factory(50_001, 256) == "HNSW32"
+    assert auto_factory(2_000_000, 256) == "HNSW32"
+    assert auto_factory(2_000_001, 256) == "IVF4096,PQ32"
+    assert auto_factory(100_000_000, 512) == "IVF32768,PQ64"
+    assert auto_factory(3_000_000, 64) == "IVF4096,PQ8"
+    for n in (1_000, 100_000, 3_000_000, 100_000_000):
+        for dim in (32, 36, 100, 256, 384, 512, 768):
+            spec = auto_factory(n, dim)
+            faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)  # every choice is buildable
+            if spec.startswith("IVF"):
+                m = int(spec.rsplit("PQ", 1)[1])
+                assert dim % m == 0 and m >= min(8, dim // 8)
+    small = build_ann(unit(np.random.default_rng(0).standard_normal((500, 16))), "auto")
+    assert isinstance(faiss.downcast_index(small), faiss.IndexFlat)
+
+
+@pytest.mark.parametrize("factory", ["NotAnIndex", "Flat,Flat", "", "IVF64,PQ7", "PQ16x99"])
+@pytest.mark.parametrize("shards", [1, 3])
+def test_invalid_factory_string_is_a_value_error(factory, shards):
+    x = unit(np.random.default_rng(0).standard_normal((300, 32)))
+    with pytest.raises(ValueError) as info:
+        build_ann(x, factory, num_shards=shards)
+    message = str(info.value)
+    assert message.startswith(f"invalid FAISS factory string {factory!r}: ") and "\n" not in message
+
+
+def test_untrainable_factory_is_a_value_error():
+    x = unit(np.random.default_rng(0).standard_normal((1000, 32)))
+    with pytest.raises(ValueError, match=r"'IVF4096,Flat' cannot be trained on 1000 vectors: .*4096") as info:
+        build_ann(x, "IVF4096,Flat")
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- index folders
+
+
+def write_index(final, n: int = 120, dim: int = 16, seed: int = 0, num_shards: int = 2,
+                manifest: bool = True) -> str:
+    """Write an index folder the way build_index does (staging folder, manifest last, rename);
+    with `manifest=False` stop before the manifest and return the half-written staging folder."""
+    final = str(final)
+    rng = np.random.default_rng(seed)
+    vectors = unit(rng.standard_normal((n, dim)))
+    folder = staging_dir(final)
+    os.makedirs(folder)
+    shards = save_ann(build_ann(vectors, "Flat", num_shards), folder)
+    np.save(os.path.join(folder, "vectors.npy"), vectors)
+    meta = {"id": [f"s{seed}-{i}" for i in range(n)], "product_id": [f"p{seed}-{i // 2}" for i in range(n)],
+            "title": [f"item {i} of version {seed}" for i in range(n)],
+            "category": ["Women/Tops/Jackets" if i % 2 else "Men/Bottoms" for i in range(n)],
+            "gender": ["Women" if i % 2 else "Men" for i in range(n)], "color": ["Blue"] * n,
+            "price": [float(10 + i) for i in range(n)], "available": [True] * n,
+            "image": [f"images/{i}.jpg" for i in range(n)]}
+    pq.write_table(pa.table(meta), os.path.join(folder, "metadata.parquet"))
+    LexicalIndex.build(meta["title"]).save(os.path.join(folder, "lexical"))
+    if not manifest:
+        return folder
+    doc = {"format": 1, "version": os.path.basename(final), "count": n, "dim": dim, "shards": shards,
+           "num_shards": len(shards), "files": file_digests(folder)}
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump(doc, f)
+    os.rename(folder, final)
+    return final
+
+
+def test_a_written_index_loads_and_searches(tmp_path):
+    folder = write_index(tmp_path / "v1")
+    r = Retriever.load(folder)
+    assert r.version == "v1" and len(r) == 120 and isinstance(r.ann, faiss.IndexShards)
+    hits = r.search(r.vectors[7], k=3, collapse=False)
+    assert hits[0].row == 7 and hits[0].id == "s0-7" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.row for h in r.search(r.vectors[7], k=3, filters=SearchFilters(gender="men"), collapse=False)
+            if h.row % 2] == []
+
+
+def test_version_swap_keeps_the_old_index_until_the_new_one_is_complete(tmp_path):
+    root = str(tmp_path / "indexes")
+    with pytest.raises(IndexLoadError, match="no index has been published"):
+        Retriever.load_current(root)
+    write_index(os.path.join(root, "v1"), seed=1)
+    set_current(root, "v1")
+    old = Retriever.load_current(root)
+    assert old.version == "v1" and old.item(0)["id"] == "s1-0"
+
+    # v2 is being written: a staging folder with every file but the manifest
+    staging = write_index(os.path.join(root, "v2"), seed=2, manifest=False)
+    assert os.path.dirname(staging) == root and not os.path.exists(os.path.join(root, "v2"))
+    assert current_path(root) == os.path.join(root, "v1")
+    assert Retriever.load_current(root).version == "v1"
+    with pytest.raises(IndexLoadError, match=f"incomplete: no {MANIFEST}"):
+        Retriever.load(staging)  # a half-written folder is refused even if asked for directly
+
+    # v2 completes: manifest last, moved into place; the pointer still names v1 until it moves
+    doc = {"format": 1, "version": "v2", "shards": ["shard_000.faiss", "shard_001.faiss"],
+           "files": file_digests(staging)}
+    with open(os.path.join(staging, MANIFEST), "w") as f:
+        json.dump(doc, f)
+    os.rename(staging, os.path.join(root, "v2"))
+    assert Retriever.load_current(root).version == "v1"
+    set_current(root, "v2")
+    new = Retriever.load_current(root)
+    assert new.version == "v2" and new.item(0)["id"] == "s2-0"
+    assert json.load(open(os.path.join(root, "current.json")))["version"] == "v2"
+    assert sorted(os.listdir(root)) == ["current.json", "v1", "v2"]  # no temporary pointer left behind
+
+    # the retriever loaded before the swap keeps serving its own version
+    hits = old.search(old.vectors[3], k=1, collapse=False)
+    assert hits[0].id == "s1-3"
+    assert new.search(new.vectors[3], k=1, collapse=False)[0].id == "s2-3"
+
+    # a pointer to a half-written folder is refused at load, never served
+    write_index(os.path.join(root, "v3"), seed=3, manifest=False)
+    half = [d for d in os.listdir(root) if d.startswith("v3.tmp-")][0]
+    set_current(root, half)
+    with pytest.raises(IndexLoadError, match="incomplete"):
+        Retriever.load_current(root)
+
+
+def _flip_byte(path, offset=None):
+    data = bytearray(open(path, "rb").read())
+    offset = len(data) // 2 if offset is None else offset
+    data[offset] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def _rewrite_manifest(folder, **changes):
+    doc = json.load(open(os.path.join(folder, MANIFEST)))
+    doc.update(changes)
+    doc["files"] = file_digests(folder)
+    json.dump(doc, open(os.path.join(folder, MANIFEST), "w"))
+
+
+def _drop_key(folder, key):
+    doc = json.load(open(os.path.join(folder, MANIFEST)))
+    del doc[key]
+    json.dump(doc, open(os.path.join(folder, MANIFEST), "w"))
+
+
+def _edit_files_entry(folder, rel, entry):
+    doc = json.load(open(os.path.join(folder, MANIFEST)))
+    doc["files"][rel] = entry
+    json.dump(doc, open(os.path.join(folder, MANIFEST), "w"))
+
+
+CORRUPTIONS = {
+    "missing manifest": (lambda d: os.remove(os.path.join(d, MANIFEST)),
+                         re.escape(f"is incomplete: no {MANIFEST} (half-written or not an index)")),
+    "manifest is not JSON": (lambda d: open(os.path.join(d, MANIFEST), "w").write('{"version": "v1", "fi'),
+                             "has an unreadable manifest"),
+    "manifest is empty": (lambda d: open(os.path.join(d, MANIFEST), "w").close(), "has an unreadable manifest"),
+    "manifest without files": (lambda d: json.dump({"version": "v1"}, open(os.path.join(d, MANIFEST), "w")),
+                               "has an unreadable manifest"),
+    "manifest without version": (lambda d: _drop_key(d, "version"),
+                                 "has an unreadable manifest: KeyError: 'version'"),
+    "manifest is a list": (lambda d: json.dump([1, 2], open(os.path.join(d, MANIFEST), "w")),
+                           "has an unreadable manifest"),
+    "manifest with a flipped byte": (lambda d: _flip_byte(os.path.join(d, MANIFEST), 2),
+                                     "has an unreadable manifest"),
+    "manifest entry without sizes": (lambda d: _edit_files_entry(d, "vectors.npy", {}),
+                                     "has an unreadable manifest"),
+    "truncated shard": (lambda d: os.truncate(os.path.join(d, "shard_001.faiss"),
+                                              os.path.getsize(os.path.join(d, "shard_001.faiss")) // 2),
+                        r"shard_001.faiss has \d+ bytes, manifest says \d+"),
+    "flipped byte in a shard": (lambda d: _flip_byte(os.path.join(d, "shard_000.faiss")),
+                                r"shard_000.faiss is corrupt \(checksum mismatch\)"),
+    "flipped byte in vectors": (lambda d: _flip_byte(os.path.join(d, "vectors.npy")),
+                                r"vectors.npy is corrupt \(checksum mismatch\)"),
+    "missing metadata": (lambda d: os.remove(os.path.join(d, "metadata.parquet")), "is missing metadata.parquet"),
+    "missing shard": (lambda d: os.remove(os.path.join(d, "shard_001.faiss")), "is missing shard_001.faiss"),
+    "missing lexical file": (lambda d: os.remove(os.path.join(d, "lexical", sorted(os.listdir(
+        os.path.join(d, "lexical")))[0])), "is missing lexical/"),
+    "missing folder": (lambda d: shutil.rmtree(d), "index folder does not exist"),
+    # consistent with its manifest, but not what the manifest's writer meant
+    "shard that is not a FAISS file": (lambda d: (open(os.path.join(d, "shard_000.faiss"), "wb").write(b"x" * 99),
+                                                  _rewrite_manifest(d)),
+                                       "cannot be loaded: RuntimeError"),
+    "manifest listing no shards": (lambda d: _rewrite_manifest(d, shards=[]), "cannot be loaded"),
+    "fewer vectors than rows": (lambda d: (np.save(os.path.join(d, "vectors.npy"),
+                                                   np.load(os.path.join(d, "vectors.npy"))[:100]),
+                                           _rewrite_manifest(d)),
+                                "is inconsistent: 120 vectors in FAISS, 100 stored, 120 metadata rows"),
+}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return write_index(tmp_path_factory.mktemp("pristine") / "v1")
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_corrupt_or_half_written_index_is_refused(tmp_path, pristine, case):
+    folder = str(tmp_path / "v1")
+    shutil.copytree(pristine, folder)
+    assert Retriever.load(folder).version == "v1"  # the copy is fine before the damage
+    damage, message = CORRUPTIONS[case]
+    damage(folder)
+    with pytest.raises(IndexLoadError, match=message) as info:
+        Retriever.load(folder)
+    assert folder in str(info.value)
+
+
+def test_checksums_can_be_skipped_but_sizes_cannot(tmp_path, pristine):
+    folder = str(tmp_path / "v1")
+    shutil.copytree(pristine, folder)
+    _flip_byte(os.path.join(folder, "vectors.npy"))
+    assert read_manifest(folder, verify=False)["version"] == "v1"
+    with pytest.raises(IndexLoadError, match="checksum mismatch"):
+        read_manifest(folder)
+    os.truncate(os.path.join(folder, "vectors.npy"), 10)
+    with pytest.raises(IndexLoadError, match="vectors.npy has 10 bytes"):
+        read_manifest(folder, verify=False)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, ray_session):
+    """60 Luma rows preprocessed at 64 px, a tiny untrained model published as the current model,
+    and one index built from them."""
+    from mmray.config import load_config
+    from mmray.config.model import ModelConfig
+    from mmray.index.build import build_index
+    from mmray.model import build_model, save_checkpoint
+    from mmray.preprocess import run_preprocess
+
+    root = tmp_path_factory.mktemp("index_e2e")
+    rows = [json.loads(line) for line in LUMA_CATALOG.read_text().splitlines()[:60]]
+    for r in rows:
+        r["images"] = [str(LUMA_CATALOG.parent / p) for p in r["images"]]
+    (root / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    storage = root / "artifacts"
+    cfg = load_config(None, [f"data.catalog={root / 'catalog.jsonl'}", f"storage.root={storage}",
+                             "data.image_size=64", "index.embed_batch_size=32", "index.embed_concurrency=1"])
+    run_preprocess(cfg)
+    models = storage / "models" / "dual_encoder"
+    save_checkpoint(build_model(ModelConfig(kind="tiny", image_size=64, embed_dim=32)), str(models / "v1"))
+    set_current(str(models), "v1")
+    manifest = build_index(cfg)
+    return {"cfg": cfg, "rows": rows, "storage": storage, "manifest": manifest}
+
+
+@pytest.mark.slow
+def test_build_index_publishes_a_complete_version(built):
+    m, rows, storage = built["manifest"], built["rows"], built["storage"]
+    indexes = storage / "indexes"
+    assert m["path"] == str(indexes / m["version"]) and os.path.isdir(m["path"])
+    assert m["format"] == 1 and m["count"] == 60 and m["dim"] == 32
+    assert m["products"] == len({r["product_id"] for r in rows})
+    assert m["factory"] == "Flat" and m["num_shards"] == 1 and m["shards"] == ["shard_000.faiss"]
+    assert m["model_version"] == "v1" and m["model_path"] == str(storage / "models" / "dual_encoder" / "v1")
+    assert m["image_weight"] == 0.5 and m["recall_at_10_self_check"] == 1.0
+    assert set(m["timings_s"]) == {"embed", "build"}
+    files = set(m["files"])
+    assert {"shard_000.faiss", "vectors.npy", "metadata.parquet", "config.yaml"} <= files
+    assert {f"images/{i}.jpg" for i in range(60)} <= files and any(f.startswith("lexical/") for f in files)
+    on_disk = json.load(open(os.path.join(m["path"], MANIFEST)))
+    assert on_disk["version"] == m["version"] and "path" not in on_disk
+    assert json.load(open(indexes / "current.json"))["version"] == m["version"]
+    assert sorted(os.listdir(indexes)) == ["current.json", m["version"]]  # no staging folder left
+
+    r = Retriever.load_current(str(indexes))
+    assert r.version == m["version"] and len(r) == 60
+    assert [r.item(i)["id"] for i in range(60)] == [row["id"] for row in rows]  # rows keep catalog order
+    assert np.allclose(np.linalg.norm(r.vectors, axis=1), 1.0, atol=1e-5)
+    with open(os.path.join(m["path"], "images", "0.jpg"), "rb") as f:
+        assert f.read(2) == b"\xff\xd8"
+
+
+@pytest.mark.slow
+def test_search_service_on_the_built_index(built):
+    from mmray.search import SearchService
+
+    m, rows = built["manifest"], built["rows"]
+    svc = SearchService.load(m["path"], built["cfg"].index)
+    hits = svc.search_text("hoodie", k=5)
+    assert len(hits) == 5 and len({h.product_id for h in hits}) == 5
+    assert any("lexical" in h.retrievers for h in hits)  # hybrid by default: BM25 finds the hoodies
+    hits = svc.search_text("jacket", k=5, filters=SearchFilters(category="Men"), hybrid=False, collapse=False)
+    assert len(hits) == 5 and all(rows[h.row]["category"].startswith("Men/") for h in hits)
+
+    # An image query: the results are the exact nearest items to the image's embedding. (The tiny
+    # model is untrained, so whether an item's own photo ranks it first is left untested.)
+    item = next(i for i, r in enumerate(rows) if len(r["images"]) == 1)
+    with open(rows[item]["images"][0], "rb") as f:
+        image = f.read()
+    query = svc.embedder.embed_images([image])[0]
+    hits = svc.search_image(image, k=10, collapse=False)
+    exact_scores, _ = exact_search(svc.retriever.vectors, query[None], 10)
+    true = [float(svc.retriever.vectors[h.row] @ query) for h in hits]
+    assert len({h.row for h in hits}) == 10
+    assert true == pytest.approx(exact_scores[0].tolist(), abs=1e-5)  # the top 10, up to float ties
+    assert [h.score for h in hits] == pytest.approx(true, abs=1e-5)
+    products = svc.search_image(image, k=5)
+    assert len(products) == 5 and len({h.product_id for h in products}) == 5
+
+    pid = rows[0]["product_id"]
+    similar = svc.similar(pid, k=5)
+    assert len(similar) == 5 and pid not in {h.product_id for h in similar}
+
+
+@pytest.mark.slow
+def test_a_build_that_dies_before_its_manifest_leaves_the_old_version_serving(built, monkeypatch):
+    import mmray.index.build as build
+
+    indexes = built["storage"] / "indexes"
+    before = json.load(open(indexes / "current.json"))
+
+    def crash(folder):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(build, "file_digests", crash)
+    with pytest.raises(OSError, match="simulated"):
+        build.build_index(built["cfg"])
+    assert json.load(open(indexes / "current.json")) == before
+    half = [d for d in os.listdir(indexes) if ".tmp-" in d]
+    assert len(half) == 1 and not os.path.exists(indexes / half[0] / MANIFEST)
+    assert os.path.exists(indexes / half[0] / "vectors.npy")  # it got far: only the manifest is missing
+    assert Retriever.load_current(str(indexes)).version == before["version"]
+    shutil.rmtree(indexes / half[0])
+
+
+@pytest.mark.slow
+def test_cli_without_a_model_fails_cleanly(tmp_path, ray_session):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_ADDRESS"] = ray_session.get_runtime_context().gcs_address  # join the test cluster: faster
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "jobs.build_index", "--set", f"storage.root={empty}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no trained model" in errors[0] and "jobs.train" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert os.listdir(empty) == []
