@@ -1,6 +1,7 @@
 """Paths and filesystems for artifacts and catalogs: local folders and s3:// / gs:// alike."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -72,3 +73,11 @@ def new_version() -> str:
     """A sortable, unique-enough version name: v20261128-171403-123 (to the millisecond)."""
     now = time.time()
     return time.strftime("v%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

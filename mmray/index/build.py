@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from mmray.config import MmrayConfig
 from mmray.embedder import Embedder, fuse
 from mmray.index.ann import build_ann, recall_at_k, save_ann
 from mmray.index.lexical import LexicalIndex
-from mmray.storage import current_path, new_version, set_current, staging_dir
+from mmray.storage import current_path, file_sha256, new_version, set_current, staging_dir
 from mmray.training.evaluate import item_image_vectors
 
 log = logging.getLogger(__name__)
@@ -160,14 +159,7 @@ def file_digests(folder: str) -> dict[str, dict]:
             rel = os.path.relpath(path, folder)
             if rel == MANIFEST:
                 continue
-            out[rel] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+            out[rel] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
     return out
 
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 

@@ -6,7 +6,6 @@ brute force over the matching rows, so k results come back whenever k matching i
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import pyarrow.parquet as pq
 from mmray.index.ann import exact_search, load_ann
 from mmray.index.filters import SearchFilters
 from mmray.index.lexical import LexicalIndex
-from mmray.storage import current_path
+from mmray.storage import current_path, file_sha256
 
 MANIFEST = "manifest.json"
 
@@ -61,17 +60,9 @@ def read_manifest(folder: str, verify: bool = True) -> dict:
             raise IndexLoadError(f"index {folder} is missing {rel}")
         if os.path.getsize(p) != info["bytes"]:
             raise IndexLoadError(f"index {folder}: {rel} has {os.path.getsize(p)} bytes, manifest says {info['bytes']}")
-        if verify and _sha256(p) != info["sha256"]:
+        if verify and file_sha256(p) != info["sha256"]:
             raise IndexLoadError(f"index {folder}: {rel} is corrupt (checksum mismatch)")
     return manifest
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def current_index(root: str) -> str:
