@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from mmray.catalog import (
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 ITEM_SCHEMA = RECORD_SCHEMA.append(pa.field("images", pa.list_(pa.binary()))) \
     .append(pa.field("image_sha256", pa.list_(pa.string())))
 QUARANTINE_DROP = ["images", "image_sha256", "captions", "text"]
+BLOCKS_PER_CPU = 1
+MAX_ROWS_PER_BLOCK = 5000
 
 
 # --------------------------------------------------------------------------- stage 1: rows
@@ -155,32 +158,41 @@ def run_preprocess(cfg: MmrayConfig, output: str | None = None) -> dict[str, Any
         raise CatalogError(f"catalog is empty: no rows in {data.catalog}")
     t_rows = time.time()
 
-    ok_ids = records.filter(expr="status == 'ok'").select_columns(["id", "pos"])
-    duplicate_ids = _first_position_of_duplicates(ok_ids)
+    duplicate_ids = _first_position_of_duplicates(records.filter(expr="status == 'ok'").select_columns(["id", "pos"]))
 
-    num_blocks = max(1, -(-rows_in // data.batch_size))
+    # Blocks: enough to keep every CPU busy, not one per batch (each block is a task in every
+    # later step; 125 blocks of 16 rows cost more in scheduling than the images themselves).
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    wanted = max(BLOCKS_PER_CPU * cpus, -(-rows_in // MAX_ROWS_PER_BLOCK))  # and bounded block memory
+    num_blocks = max(1, min(-(-rows_in // data.batch_size), wanted))
     items = records.repartition(num_blocks).map_batches(
         process_images, batch_size=data.batch_size, batch_format="pyarrow", concurrency=data.concurrency,
         fn_kwargs={"cfg": data, "image_root": image_root, "duplicate_ids": duplicate_ids}).materialize()
     t_images = time.time()
 
-    ok = items.filter(expr="status == 'ok'")
-    quarantined = items.filter(expr="status != 'ok'").drop_columns(QUARANTINE_DROP)
-    keys = [(r["id"], r["product_id"], list(r["image_sha256"]))
-            for r in ok.select_columns(["id", "product_id", "image_sha256"]).iter_rows()]
+    # One pass over the small columns of the materialised blocks (zero-copy reads), instead of
+    # re-running filters over the dataset for keys, counts, quarantine and stats.
+    small = pa.concat_tables([ray.get(ref).drop_columns(["images"]) for ref in items.to_arrow_refs()])
+    is_ok = pc.equal(small["status"], "ok")
+    ok_table = small.filter(is_ok)
+    keys = list(zip(ok_table["id"].to_pylist(), ok_table["product_id"].to_pylist(),
+                    ok_table["image_sha256"].to_pylist()))
     groups = find_duplicate_groups(keys)
     product_of = {item: product for item, product, _ in keys}
     merged = {item: g for item, g in groups.items() if g != product_of[item]}
-    ok = ok.map_batches(_add_group, batch_format="pyarrow", fn_kwargs={"merged": merged})
+    quarantine = small.filter(pc.invert(is_ok)).drop_columns([c for c in QUARANTINE_DROP if c in small.column_names])
+    q_rows = quarantine.to_pylist()
 
     staging = staging_dir(output)
-    rows_out = _write_parquet(ok, f"{staging}/items", data.rows_per_shard)
-    q_rows = quarantined.take_all()
+    rows_out = ok_table.num_rows
+    if rows_out:
+        (items.filter(expr="status == 'ok'").map_batches(_add_group, batch_format="pyarrow", fn_kwargs={"merged": merged})
+         .write_parquet(f"{staging}/items", min_rows_per_file=data.rows_per_shard))
     if q_rows:
-        quarantined.write_parquet(f"{staging}/quarantine")
+        ray.data.from_arrow(quarantine).write_parquet(f"{staging}/quarantine")
     _write_jsonl(f"{staging}/quarantine.jsonl", q_rows)
 
-    stats = _item_stats(ok)
+    stats = _item_stats(ok_table)
     report = {
         "catalog": data.catalog,
         "files": len(files),
@@ -205,12 +217,20 @@ def run_preprocess(cfg: MmrayConfig, output: str | None = None) -> dict[str, Any
 
 
 def _first_position_of_duplicates(ids_ds) -> dict[str, int]:
-    """id -> position of its first row, for ids used more than once (only those reach the driver)."""
-    from ray.data.aggregate import Count, Min
+    """id -> position of its first row, for ids used more than once.
 
-    agg = ids_ds.groupby("id").aggregate(Count(), Min("pos"))
-    dups = agg.filter(lambda r: r["count()"] > 1).take_all()
-    return {r["id"]: int(r["min(pos)"]) for r in dups}
+    Grouped with pyarrow in the driver over the (id, pos) columns only: Ray Data's groupby
+    starts a 200-partition hash shuffle that costs ~5 s even for a few thousand ids.
+    """
+    import ray
+
+    refs = ids_ds.to_arrow_refs()
+    if not refs:
+        return {}
+    table = pa.concat_tables([ray.get(ref) for ref in refs])
+    g = table.group_by("id").aggregate([("pos", "count"), ("pos", "min")])
+    g = g.filter(pc.greater(g["pos_count"], 1))
+    return dict(zip(g["id"].to_pylist(), g["pos_min"].to_pylist()))
 
 
 def _add_group(batch: pa.Table, merged: dict[str, str]) -> pa.Table:
@@ -218,23 +238,14 @@ def _add_group(batch: pa.Table, merged: dict[str, str]) -> pa.Table:
     return batch.append_column("group", pa.array([merged.get(i, p) for i, p in zip(ids, products)], pa.string()))
 
 
-def _write_parquet(ds, path: str, rows_per_file: int) -> int:
-    n = ds.count()
-    if n:
-        ds.write_parquet(path, min_rows_per_file=rows_per_file)
-    return n
-
-
-def _item_stats(ok) -> dict[str, Any]:
-    counts = collections.Counter()
+def _item_stats(ok: pa.Table) -> dict[str, Any]:
     unknown = collections.Counter()
-    for r in ok.select_columns(["split", "html_stripped", "unknown_columns", "image_refs"]).iter_rows():
-        counts["split_" + r["split"]] += 1
-        counts["images_out"] += len(r["image_refs"])
-        counts["html_stripped"] += bool(r["html_stripped"])
-        unknown.update(r["unknown_columns"])
-    return {"images_out": counts["images_out"], "html_stripped_rows": counts["html_stripped"],
-            "split": {"train": counts["split_train"], "test": counts["split_test"]},
+    for cols in ok["unknown_columns"].to_pylist():
+        unknown.update(cols)
+    splits = collections.Counter(ok["split"].to_pylist())
+    return {"images_out": int(pc.sum(pc.list_value_length(ok["image_refs"])).as_py() or 0),
+            "html_stripped_rows": int(pc.sum(ok["html_stripped"]).as_py() or 0),
+            "split": {"train": splits["train"], "test": splits["test"]},
             "unknown_columns": dict(unknown)}
 
 

@@ -19,6 +19,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     if not os.environ.get("RAY_ADDRESS"):
         kwargs.update(include_dashboard=False, num_cpus=num_cpus)
     ray.init(**kwargs)
+    _faster_resource_refresh()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty() or bool(os.environ.get("MMRAY_PROGRESS"))
     ctx.print_on_execution_start = False
@@ -39,3 +40,16 @@ def run_job(main: Callable[[], int], expected: tuple[type[BaseException], ...]) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _faster_resource_refresh() -> None:
+    """Ray 2.60's Ray Data reads cluster resources as 0 until its first 1 s refresh, so each short
+    execution runs one task at a time for its first second. A 0.1 s refresh removes most of that
+    (measured: two 1 s tasks took 2.07 s, then 1.16 s). Private attribute: skipped if it moves."""
+    try:
+        from ray.data._internal.execution.resource_manager import ResourceManager
+
+        if hasattr(ResourceManager, "GLOBAL_LIMITS_UPDATE_INTERVAL_S"):
+            ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = 0.1
+    except ImportError:
+        pass

@@ -51,6 +51,11 @@ def _build_one(vectors: np.ndarray, factory: str, train_sample: int, seed: int, 
     except RuntimeError as e:
         raise ValueError(f"invalid FAISS factory string {factory!r}: {str(e).splitlines()[0]}") from None
     if not index.is_trained:
+        ivf = _ivf_of(index)
+        if ivf is not None:
+            train_sample = max(train_sample, 39 * ivf.nlist)  # FAISS wants >= 39 points per list
+            if hasattr(ivf, "do_polysemous_training"):
+                ivf.do_polysemous_training = False  # only helps Hamming search, which we never use
         rng = np.random.default_rng(seed)
         sample = vectors[rng.choice(n, size=min(n, train_sample), replace=False)]
         try:
@@ -61,6 +66,14 @@ def _build_one(vectors: np.ndarray, factory: str, train_sample: int, seed: int, 
     index.add(vectors)
     set_search_effort(index, nprobe, ef_search)
     return index
+
+
+def _ivf_of(index: faiss.Index):
+    """The IVF index inside `index` (also under a refine wrapper), or None."""
+    try:
+        return faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:
+        return None
 
 
 def set_search_effort(index: faiss.Index, nprobe: int = 32, ef_search: int = 128, k_factor: int = 8) -> None:

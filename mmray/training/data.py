@@ -23,7 +23,7 @@ from mmray.config import MmrayConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
-ITEM_COLUMNS = ["id", "product_id", "group", "title", "category", "gender", "color", "attributes_json",
+ITEM_COLUMNS = ["id", "product_id", "group", "title", "description", "category", "gender", "color", "attributes_json",
                 "price", "split", "captions", "text", "images"]
 
 
