@@ -43,8 +43,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check mmray jobs deployments tests benchmarks
 
+# Each prints a ratio against a baseline measured in the same run (see BENCHMARKS.md).
 benchmarks: $(STAMP)
 	$(BIN)/python -m benchmarks.preprocess
+	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.index
+	$(BIN)/python -m benchmarks.serve
 
 clean:
 	rm -rf artifacts .pytest_cache
