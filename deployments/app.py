@@ -276,9 +276,11 @@ class AppArgs(BaseModel):
     overrides: list[str] = []
 
 
-def _options(d: DeploymentConfig) -> dict:
+def _options(d: DeploymentConfig, retry_after_s: int) -> dict:
+    # Serve's own queue limit is the outer guard; its 503s carry Retry-After too.
     opts = {"ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
-            "max_ongoing_requests": d.max_ongoing_requests, "max_queued_requests": d.max_queued_requests}
+            "max_ongoing_requests": d.max_ongoing_requests, "max_queued_requests": d.max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s}}
     if d.num_replicas == "auto":
         opts["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
     else:
@@ -291,9 +293,9 @@ def build_app(args: AppArgs | dict | None = None) -> Application:
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     cfg: MmrayConfig = load_config(a.config, a.overrides)
     s = cfg.serve
-    embedder = EmbedderDeployment.options(**_options(s.embedder)).bind(s.embed_max_batch, s.embed_batch_wait_s)
-    retriever = RetrieverDeployment.options(**_options(s.retriever)).bind(
+    embedder = EmbedderDeployment.options(**_options(s.embedder, s.retry_after_s)).bind(s.embed_max_batch, s.embed_batch_wait_s)
+    retriever = RetrieverDeployment.options(**_options(s.retriever, s.retry_after_s)).bind(
         os.path.abspath(cfg.storage.path("indexes")), cfg.index.nprobe, cfg.index.ef_search, cfg.index.rrf_k,
         s.reload_poll_s)
-    return Ingress.options(**_options(s.ingress)).bind(embedder, retriever, s.model_dump(), cfg.index.hybrid)
+    return Ingress.options(**_options(s.ingress, s.retry_after_s)).bind(embedder, retriever, s.model_dump(), cfg.index.hybrid)
 
