@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import CpuMeter
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_CATALOG = ROOT / "data" / "luma" / "catalog.jsonl"
 SOURCE_IMAGES = ROOT / "data" / "luma" / "images"
@@ -151,50 +153,6 @@ def _subset_catalog(catalog: Path, n: int, dest: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- noise meter
-
-
-class CpuMeter:
-    """CPU seconds used on the whole machine and by this process tree (Ray's workers are in it)
-    over an interval: the difference is what other work on the machine took from the benchmark."""
-
-    def __init__(self) -> None:
-        self.tck = os.sysconf("SC_CLK_TCK")
-
-    def _machine_busy(self) -> float:
-        with open("/proc/stat", encoding="ascii") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return (sum(v[:8]) - v[3] - v[4]) / self.tck  # all but idle and iowait
-
-    def _own_tree(self) -> float:
-        procs = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # ppid, utime, stime, cutime, cstime (reaped children count for their parent)
-            procs[int(pid)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / self.tck)
-        me, total = os.getpid(), 0.0
-        for pid, (_, cpu) in procs.items():
-            p, seen = pid, 0
-            while p and p in procs and seen < 64:
-                if p == me:
-                    total += cpu
-                    break
-                p, seen = procs[p][0], seen + 1
-        return total
-
-    def start(self) -> None:
-        self.t0, self.m0, self.o0 = time.perf_counter(), self._machine_busy(), self._own_tree()
-
-    def stop(self) -> dict[str, float]:
-        wall = time.perf_counter() - self.t0
-        machine, own = self._machine_busy() - self.m0, self._own_tree() - self.o0
-        return {"own_cpu_s": round(own, 2), "own_cores": round(own / wall, 2),
-                "other_cores": round(max(0.0, machine - own) / wall, 2)}
 
 
 # --------------------------------------------------------------------------- the three timings

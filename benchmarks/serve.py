@@ -56,6 +56,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.common import CpuMeter
+
 ROOT = Path(__file__).resolve().parent.parent
 APP_NAME = "mmray-bench"
 K = 10
@@ -95,49 +97,6 @@ def percentile(values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(v) - 1)
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
-class CpuMeter:
-    """CPU seconds used by the whole machine and by the process tree under `root` over an interval."""
-
-    def __init__(self, root: int | None = None) -> None:
-        self.tck, self.root = os.sysconf("SC_CLK_TCK"), root or os.getpid()
-
-    def _machine_busy(self) -> float:
-        with open("/proc/stat", encoding="ascii") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return (sum(v[:8]) - v[3] - v[4]) / self.tck  # all but idle and iowait
-
-    def _own_tree(self) -> float:
-        procs = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            procs[int(pid)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / self.tck)
-        total = 0.0
-        for pid, (_, cpu) in procs.items():
-            p, seen = pid, 0
-            while p and p in procs and seen < 64:
-                if p == self.root:
-                    total += cpu
-                    break
-                p, seen = procs[p][0], seen + 1
-        return total
-
-    def start(self) -> "CpuMeter":
-        self.t0, self.m0, self.o0 = time.perf_counter(), self._machine_busy(), self._own_tree()
-        return self
-
-    def stop(self) -> dict[str, float]:
-        wall = max(time.perf_counter() - self.t0, 1e-9)
-        machine, own = self._machine_busy() - self.m0, self._own_tree() - self.o0
-        return {"own_cores": round(own / wall, 2), "other_cores": round(max(0.0, machine - own) / wall, 2),
-                "own_cpu_s": round(own, 3)}
 
 
 def summarize(lat_s: list[float], wall: float, codes: dict, extra: list[float] | None = None) -> dict:

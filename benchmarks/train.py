@@ -47,6 +47,8 @@ import time
 import zlib
 from pathlib import Path
 
+from benchmarks.common import machine_busy_seconds, process_table
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_OVERHEAD_PCT = 10.0
 
@@ -115,22 +117,11 @@ class CoreMeter:
         self.root, self.tck = root, os.sysconf("SC_CLK_TCK")
 
     def _machine(self) -> float:
-        with open("/proc/stat", encoding="ascii") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return (sum(v[:8]) - v[3] - v[4]) / self.tck  # all but idle and iowait
+        return machine_busy_seconds(self.tck)
 
     def _tree(self) -> dict[int, float]:
         """CPU seconds so far of every process under `root` (root included), by pid."""
-        procs = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            procs[int(pid)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / self.tck)
+        procs = process_table(self.tck)
         tree = {}
         for pid, (_, cpu) in procs.items():
             p, seen = pid, 0
