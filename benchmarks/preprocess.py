@@ -1,6 +1,6 @@
 """Ray Data preprocessing vs a plain single-process loop, on catalog-sized images.
 
-    python -m benchmarks.preprocess [--images 2000] [--size 1274x1580] [--cpus 2] [--set data.batch_size=8]
+    python -m benchmarks.preprocess [--images 2000] [--size 1274x1580] [--cpus 2] [--set data.rows_per_shard=500]
 
 Both sides do the same per-image work, `mmray.preprocess.process_image_ref` (read, sniff the
 format, decode with JPEG draft, resize, re-encode, SHA-256), on the same files. The images are
@@ -14,8 +14,8 @@ start-up and imports are not billed; pass --no-warmup to bill them):
   pipeline  mmray.preprocess.run_preprocess end to end: parse, validate, dedupe, images, groups,
             Parquet + report written. The headline ratio is pipeline vs loop.
   stage     the image stage alone: the parsed records (parsed in the driver, untimed) through
-            ray.data map_batches(process_images) with the pipeline's own batch size, block count
-            and concurrency, materialized.
+            mmray.preprocess.image_stage (the pipeline's own blocks and concurrency; each block's
+            task writes its Parquet shard), materialized.
 Ray gets --cpus CPUs (default 2). Its workers run at nice 0 like the loop (Ray's default is 15,
 which hands the cores to any other process on a shared machine and would bill that to Ray);
 `--worker-niceness 15` restores Ray's default. The table also shows the CPU seconds our own
@@ -181,27 +181,23 @@ def run_pipeline(cfg, workdir: Path) -> tuple[float, dict]:
     return time.perf_counter() - t0, report
 
 
-def run_stage(cfg) -> tuple[float, int]:
-    """The image stage alone, configured as run_preprocess configures it; returns (wall s, ok rows)."""
+def run_stage(cfg, workdir: Path) -> tuple[float, int]:
+    """The image stage alone (decode, resize, hash, shard write), configured as run_preprocess
+    configures it, on records parsed in the driver (untimed); returns (wall s, ok rows)."""
     import pyarrow as pa
     import ray
 
     from mmray.catalog import catalog_folder, list_catalog_files
-    from mmray.preprocess import parse_files, process_images
+    from mmray.preprocess import image_stage, parse_file
 
     data = cfg.data
-    files = list_catalog_files(data.catalog)
-    records = pa.concat_tables(parse_files(pa.table({"path": [f], "file_index": [i]}), data)
-                               for i, f in enumerate(files))
+    records = pa.concat_tables(parse_file(f, i, data) for i, f in enumerate(list_catalog_files(data.catalog)))
     image_root = data.image_root or catalog_folder(data.catalog)
-    # the block count, batch size and concurrency run_preprocess uses (keep in step with mmray/preprocess.py)
-    num_blocks = max(1, -(-records.num_rows // data.batch_size))
     t0 = time.perf_counter()
-    ds = ray.data.from_arrow(records).repartition(num_blocks).map_batches(
-        process_images, batch_size=data.batch_size, batch_format="pyarrow", concurrency=data.concurrency,
-        fn_kwargs={"cfg": data, "image_root": image_root, "duplicate_ids": {}}).materialize()
+    ds = image_stage(records, data, image_root, {}, str(workdir / "items")).materialize()
     wall = time.perf_counter() - t0
     status = pa.concat_tables(ray.get(ds.select_columns(["status"]).to_arrow_refs()))["status"]
+    shutil.rmtree(workdir, ignore_errors=True)
     return wall, status.to_pylist().count("ok")
 
 
@@ -235,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=2, help="num_cpus for the local Ray (default 2)")
     parser.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"), help="base config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. data.batch_size=32 (data.catalog is set by the benchmark)")
+                        help="config override, e.g. data.rows_per_shard=500 (data.catalog is set by the benchmark)")
     parser.add_argument("--cache", default=str(DEFAULT_CACHE), help="image set folder (default bench_data/preprocess)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each side; the best is reported")
     parser.add_argument("--no-stage", action="store_true", help="skip the image-stage-only timing")
@@ -267,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_warmup:  # untimed: Ray worker processes, imports, page cache
             small = _subset_catalog(catalog, min(WARMUP_IMAGES, len(paths)), tmp / "warm")
             run_loop(paths[:WARMUP_IMAGES], cfg.data)
-            # small batches, so that every Ray worker runs (and imports) at least once
-            warm_batch = max(1, min(cfg.data.batch_size, WARMUP_IMAGES // (2 * args.cpus)))
+            # small shards, so that every Ray worker runs (and imports) at least once
             run_pipeline(cfg.model_copy(update={"data": cfg.data.model_copy(
-                update={"catalog": str(small), "batch_size": warm_batch})}), tmp / "warm-out")
+                update={"catalog": str(small), "rows_per_shard": max(1, WARMUP_IMAGES // (2 * args.cpus))})}),
+                tmp / "warm-out")
         loops, pipes, stages, report = [], [], [], None
         meter = CpuMeter()
         for r in range(args.repeats):
@@ -278,10 +274,10 @@ def main(argv: list[str] | None = None) -> int:
             loops.append((*run_loop(paths, cfg.data), meter.stop()))
             meter.start()
             wall, report = run_pipeline(cfg, tmp / f"out{r}")
-            pipes.append((wall, meter.stop()))
+            pipes.append((wall, meter.stop(), report))
             if not args.no_stage:
                 meter.start()
-                wall, ok = run_stage(cfg)
+                wall, ok = run_stage(cfg, tmp / f"stage{r}")
                 stages.append((wall, meter.stop()))
                 if ok != report["rows_out"]:
                     raise RuntimeError(f"image stage kept {ok} rows, the pipeline {report['rows_out']}")
@@ -290,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
 
     n = len(paths)
     loop_wall, loop_cpu, loop_noise = min(loops, key=lambda x: x[0])
-    pipe_wall, pipe_noise = min(pipes, key=lambda x: x[0])
+    pipe_wall, pipe_noise, report = min(pipes, key=lambda x: x[0])  # the best run's own timings
     res = {
         "images": n, "size": f"{args.size[0]}x{args.size[1]}", "megabytes": round(mb, 1),
         "loop_s": round(loop_wall, 2), "loop_cpu_s": round(loop_cpu, 2), "loop_ips": round(n / loop_wall, 1),
@@ -299,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_report_timings_s": report["timings_s"], "rows_out": report["rows_out"],
         "rows_quarantined": report["rows_quarantined"],
         "cpu_cores_used": {"loop": loop_noise, "pipeline": pipe_noise},
-        "all_loop_s": [round(w, 2) for w, _, _ in loops], "all_pipeline_s": [round(w, 2) for w, _ in pipes],
-        "batch_size": cfg.data.batch_size, "concurrency": cfg.data.concurrency, "ray_cpus": args.cpus,
+        "all_loop_s": [round(w, 2) for w, _, _ in loops], "all_pipeline_s": [round(w, 2) for w, _, _ in pipes],
+        "rows_per_shard": cfg.data.rows_per_shard, "concurrency": cfg.data.concurrency, "ray_cpus": args.cpus,
         "warmup_excluded": not args.no_warmup, "repeats": args.repeats,
         "loadavg_before": [round(v, 2) for v in load0], "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "machine": _machine(), "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -321,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if stages:
         rows.append(("Ray Data image stage", (f"{res['stage_ips']:8.1f} images/s  ({res['stage_s']:.2f} s,"
-                                             " map_batches(process_images) only)")))
+                                             " image_stage only: decode, resize, hash, shard write)")))
     rows += [
         ("ratio (headline)", f"{res['ratio_pipeline']:.2f}x  full pipeline vs loop"),
     ]
@@ -333,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                                               for k, v in noise.items())))
     rows += [
         ("settings", (f"ray num_cpus={args.cpus}, worker nice {os.environ.get('RAY_worker_niceness', '15')}"
-                      f" (loop nice {os.nice(0)}), data.batch_size={cfg.data.batch_size},"
+                      f" (loop nice {os.nice(0)}), data.rows_per_shard={cfg.data.rows_per_shard},"
                      f" data.concurrency={cfg.data.concurrency}, best of {args.repeats},"
                      f" warm-up {'excluded' if not args.no_warmup else 'billed'}")),
         ("rows out / quarantined", f"{report['rows_out']} / {report['rows_quarantined']}"),

@@ -154,7 +154,8 @@ def iter_raw_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | None, str, 
         raw = json.dumps(row, ensure_ascii=False, default=str)
         if any(isinstance(v, str) and _has_surrogates(v) for v in row.values()) or any(
                 isinstance(k, str) and _has_surrogates(k) for k in row):
-            yield n, None, raw.encode("utf-8", "replace").decode("utf-8")[:RAW_PREVIEW_CHARS], "invalid_utf8: row has bytes that are not UTF-8"
+            preview = raw.encode("utf-8", "replace").decode("utf-8")[:RAW_PREVIEW_CHARS]
+            yield n, None, preview, "invalid_utf8: row has bytes that are not UTF-8"
             continue
         if None in row:
             yield n, None, raw[:RAW_PREVIEW_CHARS], "invalid_csv: more fields than header columns"
@@ -226,6 +227,9 @@ class _TextExtractor(HTMLParser):
 
 _TAG_RE = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>")
 _CTRL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# what makes ASCII text need the full path: markup or entities, control characters (tabs and
+# newlines included), runs of spaces, spaces at either end
+_NEEDS_CLEANING_RE = re.compile(r"[<&\x00-\x1f\x7f]|  |^ | $")
 
 
 def clean_text(value: Any, max_chars: int = 20_000) -> tuple[str, bool]:
@@ -233,6 +237,12 @@ def clean_text(value: Any, max_chars: int = 20_000) -> tuple[str, bool]:
     if value is None:
         return "", False
     text = value if isinstance(value, str) else str(value)
+    if text.isascii() and not _NEEDS_CLEANING_RE.search(text) and text != "-":
+        return text[:max_chars], False  # already clean, as most catalog fields are: skip the full path
+    return _clean_text_full(text, max_chars)
+
+
+def _clean_text_full(text: str, max_chars: int) -> tuple[str, bool]:
     if not _TAG_RE.search(text):
         text = html.unescape(text)  # plain text, or markup escaped as entities (&lt;script&gt;)
     had_html = bool(_TAG_RE.search(text))

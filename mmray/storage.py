@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
 from typing import Any
 
 import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
 
 
 def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -23,8 +26,26 @@ def is_local(uri: str) -> bool:
 
 
 def staging_dir(final: str) -> str:
-    """A sibling folder to write into before `publish` moves it into place."""
-    return f"{final.rstrip('/')}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
+    """A sibling folder to write into before `publish` moves it into place (absolute when local,
+    so Ray workers with another working directory write to the same place)."""
+    final = final.rstrip("/")
+    if is_local(final) and not final.startswith("file://"):
+        final = os.path.abspath(final)
+    return f"{final}.tmp-{os.getpid()}-{int(time.time() * 1000)}"
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a folder and everything in it; a missing folder is fine."""
+    fs, path = resolve_filesystem(uri)
+    try:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return
+        if is_local(uri):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            fs.delete_dir(path)
+    except OSError as e:
+        log.warning("could not remove %s: %s", uri, e)
 
 
 def publish(staging: str, final: str) -> None:

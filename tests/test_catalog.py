@@ -9,9 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import LUMA_CATALOG, luma_rows, write_csv, write_jsonl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmray.catalog import (
     CatalogError,
+    _clean_text_full,
     assign_split,
     build_captions,
     catalog_folder,
@@ -72,6 +75,17 @@ def test_clean_text_strips_entity_escaped_markup():
 
 def test_clean_text_cuts_to_max_chars():
     assert clean_text("x" * 50, 30) == ("x" * 30, False)
+
+
+_FRAGMENTS = ["a", "Tee", " ", "  ", "-", "&lt;", "&amp", "&#39;", "&", "<p>", "</b>", "<", "5 > 3", "\t", "\n",
+              "\r\n", "\x00", "\x0b", "\x7f", "\u00e9", "\uff21", "\u00a0", "\ufb01"]
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=8).map("".join), st.integers(1, 40))
+def test_clean_text_fast_path_agrees_with_the_full_path(text, max_chars):
+    # clean_text returns already-clean ASCII as it is; that must be exactly what the full path gives
+    assert clean_text(text, max_chars) == _clean_text_full(text, max_chars)
 
 
 # --------------------------------------------------------------------------- normalize_row

@@ -46,7 +46,7 @@ def test_local_yaml_loads_and_matches_file():
 
 def test_overrides_parse_types():
     cfg = load_config(LOCAL_CONFIG, [
-        "data.batch_size=32",
+        "data.rows_per_shard=32",
         "data.holdout_fraction=0.25",
         "train.use_gpu=true",
         "train.lr=1e-4",
@@ -56,7 +56,7 @@ def test_overrides_parse_types():
         "storage.root=/tmp/some where",
         "data.image_size=128",
     ])
-    assert cfg.data.batch_size == 32 and type(cfg.data.batch_size) is int
+    assert cfg.data.rows_per_shard == 32 and type(cfg.data.rows_per_shard) is int
     assert cfg.data.holdout_fraction == 0.25 and type(cfg.data.holdout_fraction) is float
     assert cfg.train.use_gpu is True
     assert cfg.train.lr == pytest.approx(1e-4) and type(cfg.train.lr) is float
@@ -70,11 +70,11 @@ def test_overrides_parse_types():
 
 def test_unknown_field_names_field_and_allowed_fields():
     with pytest.raises(ConfigError) as e:
-        load_config(overrides=["data.batchsize=3"])
+        load_config(overrides=["data.rows_per_shards=3"])
     msg = str(e.value)
-    assert "data.batchsize: unknown field" in msg
+    assert "data.rows_per_shards: unknown field" in msg
     assert f"(allowed: {', '.join(sorted(DataConfig.model_fields))})" in msg
-    assert "batch_size" in msg and "\n" not in msg
+    assert "rows_per_shard," in msg and "\n" not in msg
 
 
 def test_unknown_nested_and_top_level_fields():
@@ -115,8 +115,8 @@ def test_out_of_range_and_wrong_type_name_the_field():
         load_config(overrides=["data.holdout_fraction=1.0"])
     assert "data.holdout_fraction" in str(e.value) and "less than 1" in str(e.value)
     with pytest.raises(ConfigError) as e:
-        load_config(overrides=["data.batch_size=lots"])
-    assert "data.batch_size" in str(e.value) and "'lots'" in str(e.value)
+        load_config(overrides=["data.rows_per_shard=lots"])
+    assert "data.rows_per_shard" in str(e.value) and "'lots'" in str(e.value)
 
 
 def test_several_errors_on_one_line():
@@ -128,7 +128,7 @@ def test_several_errors_on_one_line():
 
 
 @pytest.mark.parametrize("item, expected", [
-    ("data.batch_size", "must look like section.field=value"),
+    ("data.rows_per_shard", "must look like section.field=value"),
     ("=3", "must look like section.field=value"),
 ])
 def test_malformed_override(item, expected):
@@ -160,8 +160,8 @@ def test_config_file_problems(tmp_path):
 def test_assignment_is_validated():
     cfg = load_config()
     with pytest.raises(pydantic.ValidationError):
-        cfg.data.batch_size = 0
-    assert cfg.data.batch_size == 16
+        cfg.data.rows_per_shard = 0
+    assert cfg.data.rows_per_shard == 2000
 
 
 def test_config_round_trips_through_yaml(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,8 +27,11 @@ from PIL import Image
 from mmray.catalog import normalize_row
 from mmray.config import DataConfig, load_config
 from mmray.preprocess import (
+    ITEM_SCHEMA,
+    _write_parquet,
     find_duplicate_groups,
-    parse_files,
+    parse_file,
+    process_block,
     process_images,
     run_preprocess,
 )
@@ -66,14 +70,14 @@ def test_find_duplicate_groups_hand_computed():
     assert find_duplicate_groups([]) == {}
 
 
-def test_parse_files_accounts_for_every_line(tmp_path):
+def test_parse_file_accounts_for_every_line(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", [
         {"id": "a", "title": "A", "images": ["a.jpg"]},
         b"",
         b"{broken",
         {"title": "no id", "images": ["x.jpg"]},
     ])
-    table = parse_files(pa.table({"path": [str(path)], "file_index": [3]}), DataConfig())
+    table = parse_file(str(path), 3, DataConfig())
     rows = table.to_pylist()
     assert [(r["source"], r["status"], r["reason"]) for r in rows] == [
         ("c.jsonl:1", "ok", ""), ("c.jsonl:3", "quarantined", "invalid_json"),
@@ -82,27 +86,64 @@ def test_parse_files_accounts_for_every_line(tmp_path):
     assert rows[0]["raw"] == "" and rows[1]["raw"] == "{broken" and "no id" in rows[2]["raw"]
 
 
-def test_parse_files_unreadable_file_is_one_quarantined_record(tmp_path):
+def test_parse_file_unreadable_file_is_one_quarantined_record(tmp_path):
     bad = tmp_path / "c.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
-    rows = parse_files(pa.table({"path": [str(bad)], "file_index": [0]}), DataConfig()).to_pylist()
+    rows = parse_file(str(bad), 0, DataConfig()).to_pylist()
     assert [(r["source"], r["status"], r["reason"]) for r in rows] == [("c.parquet", "quarantined", "unreadable_file")]
 
 
 def test_process_images_quarantines_later_duplicates(tmp_path):
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes(40, 30))
     path = write_jsonl(tmp_path / "c.jsonl", [
-        {"id": "a", "title": "First", "images": ["a.jpg"]},
-        {"id": "a", "title": "Second", "images": ["a.jpg"]},
+        {"id": "a", "title": "First", "images": ["a.jpg"], "price": 5.0},
+        {"id": "a", "title": "Second", "images": ["a.jpg"], "price": 6.0},
     ])
     cfg = DataConfig()
-    records = parse_files(pa.table({"path": [str(path)], "file_index": [0]}), cfg)
-    out = process_images(records, cfg, str(tmp_path), {"a": 1}).to_pylist()
+    records = parse_file(str(path), 0, cfg)
+    table = process_images(records, cfg, str(tmp_path), {"a": 1})
+    assert table.schema == ITEM_SCHEMA
+    assert table.drop_columns(["status", "reason", "detail", "images", "image_sha256"]).equals(
+        records.drop_columns(["status", "reason", "detail"]))  # the text columns pass through as they were
+    out = table.to_pylist()
     assert [(r["title"], r["status"], r["reason"]) for r in out] == [
         ("First", "ok", ""), ("Second", "quarantined", "duplicate_id")]
     assert out[0]["image_sha256"] == [hashlib.sha256((tmp_path / "a.jpg").read_bytes()).hexdigest()]
     assert Image.open(io.BytesIO(out[0]["images"][0])).size == (40, 30)
     assert out[1]["images"] == []
+
+
+def test_process_block_writes_its_ok_rows_as_one_shard(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(40, 30))
+    (tmp_path / "b.jpg").write_bytes(b"not an image")
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"id": "a", "product_id": "P", "title": "Good", "images": ["a.jpg"]},
+        {"id": "b", "product_id": "P", "title": "Bad image", "images": ["b.jpg"]},
+        {"id": "c", "product_id": "Q", "title": "Also good", "images": ["a.jpg", "a.jpg"]},
+    ])
+    cfg = DataConfig()
+    records = parse_file(str(path), 2, cfg)
+    small = process_block(records, cfg, str(tmp_path), {}, str(tmp_path / "items"))
+    shard = str(tmp_path / "items" / f"part-{(2 << 32) | 1:016x}.parquet")
+    assert "images" not in small.column_names
+    assert small.select(["id", "status", "reason", "shard"]).to_pylist() == [
+        {"id": "a", "status": "ok", "reason": "", "shard": shard},
+        {"id": "b", "status": "quarantined", "reason": "not_an_image", "shard": ""},
+        {"id": "c", "status": "ok", "reason": "", "shard": shard}]
+    written = pq.read_table(shard)
+    assert written.column_names == [*ITEM_SCHEMA.names, "group"]
+    assert written.select(["id", "group"]).to_pylist() == [{"id": "a", "group": "P"}, {"id": "c", "group": "Q"}]
+    assert [len(i) for i in written["images"].to_pylist()] == [1, 2]
+
+
+def test_write_parquet_stores_image_bytes_plain_and_the_rest_compressed(tmp_path):
+    table = pa.table({"id": ["a", "b"], "captions": [["x", "y"], ["z"]],
+                      "images": [[jpeg_bytes(20, 20)], [jpeg_bytes(30, 10, seed=2)]]})
+    _write_parquet(str(tmp_path / "sub" / "t.parquet"), table, raw_columns=("images",))
+    assert pq.read_table(tmp_path / "sub" / "t.parquet").equals(table)
+    meta = pq.ParquetFile(tmp_path / "sub" / "t.parquet").metadata.row_group(0)
+    codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
+    assert codecs == {"id": "SNAPPY", "captions.list.element": "SNAPPY", "images.list.element": "UNCOMPRESSED"}
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -135,6 +176,11 @@ def test_shipped_catalog_end_to_end(tmp_path, ray_session):
         sides.setdefault(item["product_id"], set()).add(item["split"])
         assert len(item["captions"]) == 4 and item["group"]
     assert all(len(s) == 1 for s in sides.values())  # every variant of a product on the same side
+    # the written groups are the union-find over the written items (the merged shards were rewritten)
+    expect = find_duplicate_groups([(i["id"], i["product_id"], i["image_sha256"]) for i in items])
+    assert {i["id"]: i["group"] for i in items} == expect
+    assert report["duplicate_image_items"] == sum(1 for i in items if i["group"] != i["product_id"]) > 0
+    assert report["shards"] == len(os.listdir(out / "items")) >= 2
     first = next(i for i in items if i["id"] == "MH01-Gray")
     assert first["image_sha256"][0] == hashlib.sha256(
         (LUMA_CATALOG.parent / by_id["MH01-Gray"]["images"][0]).read_bytes()).hexdigest()
@@ -275,8 +321,9 @@ def test_folder_of_jsonl_parquet_and_csv(tmp_path, ray_session):
     write_jsonl(folder / "a.jsonl", rows[:2])
     pq.write_table(pa.Table.from_pylist(rows[2:4]), folder / "b.parquet")
     write_csv(folder / "c.csv", rows[4:])
-    report = run_preprocess(config(tmp_path, folder))
-    assert report["files"] == 3
+    report = run_preprocess(config(tmp_path, folder, "data.rows_per_shard=2"))
+    assert report["files"] == 3 and report["shards"] == 3
+    assert len(os.listdir(tmp_path / "art" / "datasets" / "luma" / "items")) == 3
     assert (report["rows_in"], report["rows_out"], report["rows_quarantined"]) == (6, 6, 0)
     items = {r["id"]: r for r in pq.read_table(tmp_path / "art" / "datasets" / "luma" / "items").to_pylist()}
     cfg = DataConfig()
@@ -284,6 +331,39 @@ def test_folder_of_jsonl_parquet_and_csv(tmp_path, ray_session):
         ref = normalize_row(row, cfg)
         for key in ("title", "description", "attributes_json", "sizes", "tags", "price", "image_refs", "captions"):
             assert items[row["id"]][key] == ref[key], (row["id"], key)
+
+
+@pytest.mark.slow
+def test_image_progress_is_logged_per_finished_block(ray_session, caplog):
+    import ray
+
+    from mmray.preprocess import _with_progress
+
+    tables = [pa.table({"x": list(range(i * 10, i * 10 + 10))}) for i in range(3)]
+    with caplog.at_level(logging.INFO, logger="mmray.preprocess"):
+        blocks = list(_with_progress(ray.data.from_arrow(tables), 30, every_s=0.0))
+    assert sorted(x for b in blocks for x in b["x"].to_pylist()) == list(range(30))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("images: ")]
+    assert [line.split(" rows")[0] for line in lines] == ["images: 10/30", "images: 20/30"]
+
+
+@pytest.mark.slow
+def test_failed_run_leaves_no_staging_folder_and_keeps_the_previous_output(tmp_path, ray_session, monkeypatch):
+    rows = luma_rows(3)
+    copy_luma_images(rows, tmp_path)
+    cfg = config(tmp_path, write_jsonl(tmp_path / "catalog.jsonl", rows))
+    first = run_preprocess(cfg)
+    out = tmp_path / "art" / "datasets" / "luma"
+    before = {p.name: p.read_bytes() for p in (out / "items").iterdir()}
+
+    import mmray.preprocess
+
+    monkeypatch.setattr(mmray.preprocess, "_count_rows", lambda uris: -1)  # the shard check fails
+    with pytest.raises(RuntimeError, match="the item shards hold -1 rows, expected 3"):
+        run_preprocess(cfg)
+    assert sorted(os.listdir(out.parent)) == ["luma"]  # no .tmp-* folder left behind
+    assert {p.name: p.read_bytes() for p in (out / "items").iterdir()} == before
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(first))
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -8,13 +8,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import LUMA_CATALOG
 
 from mmray.config import load_config
 from mmray.embedder import Embedder
 from mmray.model import load_checkpoint
 from mmray.training.data import items_dir, load_items
-
-from conftest import LUMA_CATALOG
 
 
 @pytest.fixture(scope="module")

@@ -50,12 +50,12 @@ class DataConfig(StrictConfig):
     """Rows with columns outside the schema: keep them (columns dropped, listed in the report) or quarantine."""
     caption: CaptionConfig = CaptionConfig()
     """Training caption recipe."""
-    batch_size: int = Field(16, ge=1, le=4096)
-    """Rows per Ray Data batch in the image stage."""
     concurrency: int | None = Field(None, ge=1)
     """Parallel image tasks; None lets Ray use every CPU of the cluster."""
-    rows_per_shard: int = Field(2000, ge=1)
-    """Approximate rows per output Parquet shard."""
+    rows_per_shard: int = Field(2000, ge=1, le=20_000)
+    """Most rows per output Parquet shard. A shard is one Ray Data block, processed and written by
+    one task, so this also bounds a task's memory (rows x stored image size). Catalogs with fewer
+    rows than CPUs x this get one block per CPU."""
     holdout_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     """Share of products (never single variants) marked `split=test`."""
     seed: int = 0
