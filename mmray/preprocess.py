@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 ITEM_SCHEMA = RECORD_SCHEMA.append(pa.field("images", pa.list_(pa.binary()))) \
     .append(pa.field("image_sha256", pa.list_(pa.string())))
 QUARANTINE_DROP = ["images", "image_sha256", "captions", "text"]
+BLOCKS_PER_CPU = 1
 
 
 # --------------------------------------------------------------------------- stage 1: rows
@@ -221,7 +222,7 @@ def image_stage(records: pa.Table, data: DataConfig, image_root: str, duplicate_
 
     rows = records.num_rows
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    num_blocks = max(1, min(rows, max(cpus, -(-rows // data.rows_per_shard))))
+    num_blocks = max(1, min(rows, max(BLOCKS_PER_CPU * cpus, -(-rows // data.rows_per_shard))))
     return ray.data.from_arrow(_split(records, num_blocks)).map_batches(
         process_block, batch_size=None, batch_format="pyarrow", concurrency=data.concurrency,
         fn_kwargs={"cfg": data, "image_root": image_root, "duplicate_ids": duplicate_ids, "shard_dir": shard_dir})
