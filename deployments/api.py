@@ -97,7 +97,7 @@ class Result(BaseModel):
     score: float
     retrievers: list[str] = Field(description="Which retrievers found it: vector, lexical")
     image_url: str
-    variants: int
+    variants: int = Field(description="Items (colours, sizes) of this product that pass the filters")
 
 
 class SearchResponse(BaseModel):

@@ -169,3 +169,12 @@ def test_config_round_trips_through_yaml(tmp_path):
     path = tmp_path / "dump.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     assert load_config(path) == cfg
+
+
+def test_override_of_a_text_field_keeps_the_text():
+    # YAML would read these as an int, a float, a bool and an octal-looking int
+    cfg = load_config(overrides=["data.name=2024", "storage.root=1e3", "data.image_root=007", "data.catalog=true"])
+    assert (cfg.data.name, cfg.storage.root, cfg.data.image_root, cfg.data.catalog) == ("2024", "1e3", "007", "true")
+    assert load_config(overrides=["data.seed=7"]).data.seed == 7  # numbers still parse for number fields
+    with pytest.raises(ConfigError, match="data.seed"):
+        load_config(overrides=["data.seed=seven"])

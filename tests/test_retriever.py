@@ -3,6 +3,8 @@ exact metadata filters (with and without variant collapsing, Flat / sharded Flat
 FAISS IDSelector), hybrid reciprocal-rank fusion against hand-computed scores, and `similar`."""
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -215,6 +217,8 @@ def test_collapse_returns_one_result_per_product(catalog, flat):
     # unfiltered: the variants of TEAL1 fill the item ranking, but collapse gives k distinct products
     unfiltered = flat.search(query, k=10, collapse=True)
     assert unfiltered[0].product_id == "TEAL1" and len({h.product_id for h in unfiltered}) == 10
+    per_product = collections.Counter(r["product_id"] for r in rows)
+    assert all(h.variants == per_product[h.product_id] for h in unfiltered)  # every item, ranked or not
 
 
 @pytest.mark.parametrize("factory,shards", [("Flat", 1), ("Flat", 3), ("HNSW32", 1)])

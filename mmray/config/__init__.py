@@ -7,6 +7,8 @@ names the field and what it accepts.
 from __future__ import annotations
 
 import os
+import types
+import typing
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -92,7 +94,24 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    if not value.strip():
+        node[parts[-1]] = None
+    elif _is_text_field(parts):  # data.name=2024 is the text "2024", not the number YAML would read
+        node[parts[-1]] = value.strip()
+    else:
+        node[parts[-1]] = yaml.safe_load(value)
+
+
+def _is_text_field(parts: list[str]) -> bool:
+    """Whether the field at `parts` holds plain text (str, or str | None)."""
+    model: Any = MmrayConfig
+    for part in parts:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return False
+        model = field.annotation
+    return model is str or (typing.get_origin(model) in (typing.Union, types.UnionType)
+                            and set(typing.get_args(model)) == {str, type(None)})
 
 
 def _describe(error: ValidationError, source: str) -> str:

@@ -26,7 +26,7 @@ from mmray.config import MmrayConfig
 from mmray.embedder import Embedder, fuse
 from mmray.index.ann import build_ann, recall_at_k, save_ann
 from mmray.index.lexical import LexicalIndex
-from mmray.storage import current_path, file_sha256, new_version, set_current, staging_dir
+from mmray.storage import current_path, file_sha256, new_version, remove_tree, set_current, staging_dir
 from mmray.training.evaluate import item_image_vectors
 
 log = logging.getLogger(__name__)
@@ -93,35 +93,39 @@ def build_index(cfg: MmrayConfig, model_dir: str | None = None) -> dict:
     version = new_version()
     final = cfg.storage.path("indexes", version)
     folder = staging_dir(final)
-    os.makedirs(os.path.join(folder, "images"))
-    ann = build_ann(vectors, cfg.index.factory, cfg.index.num_shards, seed=cfg.train.seed,
-                    nprobe=cfg.index.nprobe, ef_search=cfg.index.ef_search)
-    shard_files = save_ann(ann, folder)
-    np.save(os.path.join(folder, "vectors.npy"), vectors)
-    meta["available"] = [True] * n
-    meta["image"] = [f"images/{row}.jpg" for row in range(n)]
-    pq.write_table(pa.table(meta), os.path.join(folder, "metadata.parquet"))
-    LexicalIndex.build(lexical_texts(meta)).save(os.path.join(folder, "lexical"))
-    for row, item_id in enumerate(meta["id"]):
-        with open(os.path.join(folder, "images", f"{row}.jpg"), "wb") as f:
-            f.write(by_id[item_id][1])
-    with open(os.path.join(folder, "config.yaml"), "w") as f:
-        yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
-    rng = np.random.default_rng(0)
-    probe = vectors[rng.choice(n, size=min(n, 200), replace=False)]
-    manifest = {
-        "format": 1, "version": version, "model_path": os.path.abspath(model_dir),
-        "model_version": os.path.basename(model_dir.rstrip("/")), "count": n,
-        "products": len(set(meta["product_id"])), "dim": int(vectors.shape[1]),
-        "factory": ann_description(cfg, n, vectors.shape[1]), "num_shards": len(shard_files),
-        "shards": shard_files, "image_weight": cfg.index.image_weight,
-        "recall_at_10_self_check": recall_at_k(ann, vectors, probe, 10),
-        "timings_s": {"embed": round(t_embed - start, 2), "build": round(time.time() - t_embed, 2)},
-    }
-    manifest["files"] = file_digests(folder)
-    with open(os.path.join(folder, MANIFEST), "w") as f:  # last: its presence marks a complete index
-        json.dump(manifest, f, indent=2)
-    os.rename(folder, final)
+    try:  # a failed build removes its half-written folder
+        os.makedirs(os.path.join(folder, "images"))
+        ann = build_ann(vectors, cfg.index.factory, cfg.index.num_shards, seed=cfg.train.seed,
+                        nprobe=cfg.index.nprobe, ef_search=cfg.index.ef_search)
+        shard_files = save_ann(ann, folder)
+        np.save(os.path.join(folder, "vectors.npy"), vectors)
+        meta["available"] = [True] * n
+        meta["image"] = [f"images/{row}.jpg" for row in range(n)]
+        pq.write_table(pa.table(meta), os.path.join(folder, "metadata.parquet"))
+        LexicalIndex.build(lexical_texts(meta)).save(os.path.join(folder, "lexical"))
+        for row, item_id in enumerate(meta["id"]):
+            with open(os.path.join(folder, "images", f"{row}.jpg"), "wb") as f:
+                f.write(by_id[item_id][1])
+        with open(os.path.join(folder, "config.yaml"), "w") as f:
+            yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
+        rng = np.random.default_rng(0)
+        probe = vectors[rng.choice(n, size=min(n, 200), replace=False)]
+        manifest = {
+            "format": 1, "version": version, "model_path": os.path.abspath(model_dir),
+            "model_version": os.path.basename(model_dir.rstrip("/")), "count": n,
+            "products": len(set(meta["product_id"])), "dim": int(vectors.shape[1]),
+            "factory": ann_description(cfg, n, vectors.shape[1]), "num_shards": len(shard_files),
+            "shards": shard_files, "image_weight": cfg.index.image_weight,
+            "recall_at_10_self_check": recall_at_k(ann, vectors, probe, 10),
+            "timings_s": {"embed": round(t_embed - start, 2), "build": round(time.time() - t_embed, 2)},
+        }
+        manifest["files"] = file_digests(folder)
+        with open(os.path.join(folder, MANIFEST), "w") as f:  # last: its presence marks a complete index
+            json.dump(manifest, f, indent=2)
+        os.rename(folder, final)
+    except BaseException:
+        remove_tree(folder)
+        raise
 
     retriever = Retriever.load(final)  # loaded and searched once before it may serve
     hits = retriever.search(vectors[0], k=1, collapse=False)

@@ -36,7 +36,7 @@ class Hit:
     score: float
     retrievers: list[str] = field(default_factory=list)
     image: str = ""
-    variants: int = 1  # items of this product that matched (when collapsed)
+    variants: int = 1  # items of this product that pass the filters (when collapsed)
 
 
 def read_manifest(folder: str, verify: bool = True) -> dict:
@@ -130,7 +130,7 @@ class Retriever:
             vec_rows, vec_scores = self._vector_candidates(vector, mask, fetch, unrestricted)
             ranked = self._fuse(vec_rows, vec_scores, query_text, mask, fetch) if hybrid and query_text \
                 else [(r, s, ["vector"]) for r, s in zip(vec_rows, vec_scores)]
-            hits = self._collapse(ranked) if collapse else [self._hit(r, s, src) for r, s, src in ranked]
+            hits = self._collapse(ranked, mask) if collapse else [self._hit(r, s, src) for r, s, src in ranked]
             if len(hits) >= k or fetch >= n_match:
                 return hits[:k]
             fetch = min(n_match, fetch * 4)
@@ -169,15 +169,17 @@ class Retriever:
                 entry[1].append(name)
         return sorted(((r, s, src) for r, (s, src) in fused.items()), key=lambda t: (-t[1], t[0]))
 
-    def _collapse(self, ranked) -> list[Hit]:
+    def _collapse(self, ranked, mask: np.ndarray) -> list[Hit]:
+        """One hit per product, its best-ranked item; `variants` counts all of the product's
+        items that pass the filters, not only those among the candidates."""
         best: dict[str, Hit] = {}
         for row, score, sources in ranked:
             pid = self.meta["product_id"][row]
             if pid in best:
-                best[pid].variants += 1
                 best[pid].retrievers = sorted(set(best[pid].retrievers) | set(sources))
             else:
                 best[pid] = self._hit(row, score, sources)
+                best[pid].variants = int(mask[self.rows_of_product[pid]].sum())
         return list(best.values())
 
     def _hit(self, row: int, score: float, sources: list[str]) -> Hit:
