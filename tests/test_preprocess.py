@@ -249,7 +249,6 @@ def _bad_catalog(tmp_path, bad_images) -> tuple[list, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_bad_rows_are_quarantined_with_reasons(tmp_path, ray_session, bad_images):
     lines, expected = _bad_catalog(tmp_path, bad_images)
     catalog = write_jsonl(tmp_path / "catalog.jsonl", lines)
