@@ -13,7 +13,7 @@ start-up and imports are not billed; pass --no-warmup to bill them):
   loop      a Python for-loop calling process_image_ref on every image
   pipeline  mmray.preprocess.run_preprocess end to end: parse, validate, dedupe, images, groups,
             Parquet + report written. The headline ratio is pipeline vs loop.
-  stage     the image stage alone: the parsed records (parsed in the driver, untimed) through
+  stage     the image stage alone: the parsed record chunks (parsed beforehand, untimed) through
             mmray.preprocess.image_stage (the pipeline's own blocks and concurrency; each block's
             task writes its Parquet shard), materialized.
 Ray gets --cpus CPUs (default 2). Its workers run at nice 0 like the loop (Ray's default is 15,
@@ -184,18 +184,19 @@ def run_pipeline(cfg, workdir: Path) -> tuple[float, dict]:
 
 def run_stage(cfg, workdir: Path) -> tuple[float, int]:
     """The image stage alone (decode, resize, hash, shard write), configured as run_preprocess
-    configures it, on records parsed in the driver (untimed); returns (wall s, ok rows)."""
+    configures it, on records parsed beforehand (untimed); returns (wall s, ok rows)."""
     import pyarrow as pa
     import ray
 
     from mmray.catalog import catalog_folder, list_catalog_files
-    from mmray.preprocess import image_stage, parse_file
+    from mmray.preprocess import image_stage, parse_catalog
 
     data = cfg.data
-    records = pa.concat_tables(parse_file(f, i, data) for i, f in enumerate(list_catalog_files(data.catalog)))
+    chunks, _ = parse_catalog(list_catalog_files(data.catalog), data)
+    ray.wait(chunks, num_returns=len(chunks))
     image_root = data.image_root or catalog_folder(data.catalog)
     t0 = time.perf_counter()
-    ds = image_stage(records, data, image_root, {}, str(workdir / "items")).materialize()
+    ds = image_stage(chunks, data, image_root, {}, str(workdir / "items")).materialize()
     wall = time.perf_counter() - t0
     status = pa.concat_tables(ray.get(ds.select_columns(["status"]).to_arrow_refs()))["status"]
     shutil.rmtree(workdir, ignore_errors=True)

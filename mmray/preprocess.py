@@ -1,8 +1,9 @@
 """Catalog preprocessing on Ray: parse and validate rows, decode and resize images, dedupe.
 
-Stages: one Ray task per catalog file parses its rows; the driver finds duplicate ids; one
-streaming Ray Data pass processes the images, each block's task writing its own Parquet shard;
-the driver builds groups, quarantine and report from the small columns the blocks return.
+Stages: one Ray task per catalog file parses its rows into chunks left in the object store;
+the driver finds duplicate ids from each row's key; one streaming Ray Data pass processes the
+images, each chunk's task writing its own Parquet shard; the driver builds groups, quarantine
+and report from the short columns the chunks return. No image bytes or long text reach it.
 
 Output, under `<storage.root>/datasets/<data.name>/` (written to a staging folder, then moved):
   items/         Parquet shards: one row per usable item, resized images as encoded bytes
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 ITEM_SCHEMA = RECORD_SCHEMA.append(pa.field("images", pa.list_(pa.binary()))) \
     .append(pa.field("image_sha256", pa.list_(pa.string())))
 QUARANTINE_DROP = ["images", "image_sha256", "captions", "text"]
+KEY_SCHEMA = pa.schema([RECORD_SCHEMA.field(name) for name in ("id", "pos", "status")])
 BLOCKS_PER_CPU = 1
 
 
@@ -71,6 +73,16 @@ def parse_file(path: str, file_index: int, cfg: DataConfig) -> pa.Table:
                 rec["raw"] = raw
         records.append(rec)
     return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+
+
+def parse_chunks(path: str, file_index: int, cfg: DataConfig, min_chunks: int = 1):
+    """`parse_file`'s records in chunks of at most cfg.rows_per_shard rows, and at least
+    `min_chunks` of them (a Ray streaming-generator task: each chunk becomes one image block)."""
+    table = parse_file(path, file_index, cfg)
+    size = max(1, min(cfg.rows_per_shard, -(-table.num_rows // max(1, min_chunks))))
+    for start in range(0, table.num_rows, size):
+        # `take` copies: a serialised slice could carry its parent's whole buffers along
+        yield table.take(pa.array(range(start, min(start + size, table.num_rows))))
 
 
 # --------------------------------------------------------------------------- stage 2: images
@@ -151,9 +163,7 @@ def find_duplicate_groups(rows: list[tuple[str, str, list[str]]]) -> dict[str, s
 def run_preprocess(cfg: MmrayConfig, output: str | None = None) -> dict[str, Any]:
     """Run the whole pipeline; returns the report (also written to report.json).
 
-    Parse (one Ray task per catalog file), then one streaming Ray Data pass over the images in
-    which each block's task writes its own Parquet shard and hands back only the small columns.
-    Groups, quarantine and report are made from those in the driver; no image bytes reach it.
+    See the module docstring for the stages.
     """
 
     start = time.time()
@@ -163,17 +173,17 @@ def run_preprocess(cfg: MmrayConfig, output: str | None = None) -> dict[str, Any
     output = output or cfg.storage.path("datasets", data.name)
     log.info("preprocess: %d catalog file(s) from %s -> %s", len(files), data.catalog, output)
 
-    records = parse_catalog(files, data)
-    rows_in = records.num_rows
-    if rows_in == 0:
+    chunks, keys = parse_catalog(files, data)
+    if keys.num_rows == 0:
         raise CatalogError(f"catalog is empty: no rows in {data.catalog}")
-    duplicate_ids = _first_position_of_duplicates(records)
+    duplicate_ids = _first_position_of_duplicates(keys)
     t_rows = time.time()
 
     staging = staging_dir(output)
     try:
         report = {"catalog": data.catalog, "files": len(files),
-                  **_images_and_outputs(cfg, records, image_root, duplicate_ids, staging, start, t_rows),
+                  **_images_and_outputs(cfg, chunks, keys.num_rows, image_root, duplicate_ids, staging, start,
+                                        t_rows),
                   "output": output}
         write_json(f"{staging}/report.json", report)
         _write_text(f"{staging}/config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -181,49 +191,50 @@ def run_preprocess(cfg: MmrayConfig, output: str | None = None) -> dict[str, Any
     except BaseException:
         remove_tree(staging)  # a failed run leaves nothing behind; the previous output stays as it was
         raise
-    log.info("preprocess: %d rows in, %d out, %d quarantined in %.1f s", rows_in, report["rows_out"],
+    log.info("preprocess: %d rows in, %d out, %d quarantined in %.1f s", report["rows_in"], report["rows_out"],
              report["rows_quarantined"], report["timings_s"]["total"])
     return report
 
 
-def parse_catalog(files: list[str], data: DataConfig) -> pa.Table:
-    """Every row of every catalog file as a validated record, parsed by one Ray task per file.
+def parse_catalog(files: list[str], data: DataConfig) -> tuple[list, pa.Table]:
+    """Parse every catalog file with one Ray task each; returns (references to the record chunks,
+    which stay in the object store, and the (id, pos, status) of every row, for the driver).
 
-    Plain tasks, not a Ray Data pass: the records all come to the driver for the duplicate-id
-    check anyway, and a Ray Data execution costs ~0.1 s more to start and stop.
+    Plain tasks, not a Ray Data pass: a Ray Data execution costs ~0.1 s more to start and stop,
+    and the driver needs every row's key before the image stage anyway (duplicate ids). Files
+    are cut into at least one chunk per CPU between them, so the image stage has work for each.
     """
     import ray
 
-    task = ray.remote(parse_file)
-    pending = {task.remote(path, i, data): i for i, path in enumerate(files)}
-    tables: list[pa.Table | None] = [None] * len(files)
-    rows, last_log = 0, time.time()
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=5.0)
-        for ref in ready:
-            table = ray.get(ref)
-            tables[pending.pop(ref)] = table
-            rows += table.num_rows
-        if pending and time.time() - last_log >= 5.0:
-            log.info("parsed %d/%d catalog files, %d rows so far", len(files) - len(pending), len(files), rows)
-            last_log = time.time()
-    return pa.concat_tables(tables)
-
-
-def image_stage(records: pa.Table, data: DataConfig, image_root: str, duplicate_ids: dict[str, int],
-                shard_dir: str):
-    """The Ray Data dataset that processes the images of `records` (lazy; the caller executes it).
-
-    One call of `process_block` per block; a block is one output shard. Blocks: one per CPU, or
-    more when that would pass data.rows_per_shard; never one per small batch (every block is a
-    task, and Ray Data's ~20 ms per task cost more than the images in 16-row blocks).
-    """
-    import ray
-
-    rows = records.num_rows
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    num_blocks = max(1, min(rows, max(BLOCKS_PER_CPU * cpus, -(-rows // data.rows_per_shard))))
-    return ray.data.from_arrow(_split(records, num_blocks)).map_batches(
+    per_file = -(-BLOCKS_PER_CPU * cpus // len(files))
+    parse, key_of = ray.remote(num_returns="streaming")(parse_chunks), ray.remote(_row_keys)
+    generators = [parse.remote(path, i, data, per_file) for i, path in enumerate(files)]
+    chunks, keys, last_log = [], [], time.time()
+    for done, generator in enumerate(generators, start=1):
+        for ref in generator:
+            chunks.append(ref)
+            keys.append(key_of.remote(ref))
+        if time.time() - last_log >= 5.0 and done < len(files):
+            log.info("parsed %d/%d catalog files", done, len(files))
+            last_log = time.time()
+    return chunks, _concat(ray.get(keys), KEY_SCHEMA)
+
+
+def _row_keys(chunk: pa.Table) -> pa.Table:
+    return chunk.select(KEY_SCHEMA.names)
+
+
+def image_stage(chunks: list, data: DataConfig, image_root: str, duplicate_ids: dict[str, int], shard_dir: str):
+    """The Ray Data dataset that processes the images of the record `chunks` (object references;
+    lazy: the caller executes it). One call of `process_block` per chunk, one shard per chunk.
+
+    Chunks are one per CPU or smaller, never one per small batch: every block is a task, and
+    Ray Data's ~20 ms per task cost more than the images in 16-row blocks.
+    """
+    import ray
+
+    return ray.data.from_arrow_refs(chunks).map_batches(
         process_block, batch_size=None, batch_format="pyarrow", concurrency=data.concurrency,
         fn_kwargs={"cfg": data, "image_root": image_root, "duplicate_ids": duplicate_ids, "shard_dir": shard_dir})
 
@@ -243,17 +254,22 @@ def process_block(block: pa.Table, cfg: DataConfig, image_root: str, duplicate_i
     if ok.num_rows:
         shard = f"{shard_dir}/part-{block['pos'][0].as_py():016x}.parquet"
         _write_parquet(shard, ok.append_column("group", ok["product_id"]), raw_columns=("images",))
-    small = items.drop_columns(["images"])
+    # What the driver needs: keys, status, hashes, and every field of a quarantined row (to show
+    # why); the long text of ok rows is in the shard already and stays out of the driver.
+    small = items.drop_columns(["images", "captions", "text"])
+    for name in ("description", "attributes_json"):
+        small = small.set_column(small.schema.get_field_index(name), name,
+                                 pc.if_else(is_ok, pa.scalar("", pa.string()), small[name]))
     return small.append_column("shard", pc.if_else(is_ok, pa.scalar(shard), pa.scalar("")))
 
 
-def _images_and_outputs(cfg: MmrayConfig, records: pa.Table, image_root: str, duplicate_ids: dict[str, int],
-                        staging: str, start: float, t_rows: float) -> dict[str, Any]:
+def _images_and_outputs(cfg: MmrayConfig, chunks: list, rows_in: int, image_root: str,
+                        duplicate_ids: dict[str, int], staging: str, start: float, t_rows: float) -> dict[str, Any]:
     import ray
 
     data = cfg.data
-    small = _concat(list(_with_progress(image_stage(records, data, image_root, duplicate_ids, f"{staging}/items"),
-                                        records.num_rows)))
+    small = _concat(list(_with_progress(image_stage(chunks, data, image_root, duplicate_ids, f"{staging}/items"),
+                                        rows_in)))
     t_images = time.time()
 
     is_ok = pc.equal(small["status"], "ok")
@@ -266,7 +282,7 @@ def _images_and_outputs(cfg: MmrayConfig, records: pa.Table, image_root: str, du
     quarantine = small.filter(pc.invert(is_ok)).drop_columns(
         [c for c in [*QUARANTINE_DROP, "shard"] if c in small.column_names])
     q_rows = quarantine.to_pylist()
-    rows_out, rows_in = ok_table.num_rows, records.num_rows
+    rows_out = ok_table.num_rows
     if rows_in != rows_out + len(q_rows):
         raise RuntimeError(f"row accounting failed: {rows_in} in != {rows_out} out + {len(q_rows)} quarantined")
 
@@ -314,19 +330,15 @@ def _with_progress(ds, rows: int, every_s: float = 10.0):
         yield from ray.get(list(bundle.block_refs))
 
 
-def _concat(tables: list[pa.Table]) -> pa.Table:
+def _concat(tables: list[pa.Table], schema: pa.Schema | None = None) -> pa.Table:
+    if not tables and schema is not None:
+        return schema.empty_table()
     return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
 
 
-def _split(table: pa.Table, n: int) -> list[pa.Table]:
-    """`table` in `n` contiguous slices of near-equal length (zero-copy)."""
-    size = -(-table.num_rows // n)
-    return [table.slice(i, size) for i in range(0, table.num_rows, size)]
-
-
-def _first_position_of_duplicates(records: pa.Table) -> dict[str, int]:
+def _first_position_of_duplicates(keys: pa.Table) -> dict[str, int]:
     """id -> position of its first ok row, for ids that more than one ok row uses."""
-    table = records.filter(pc.equal(records["status"], "ok")).select(["id", "pos"])
+    table = keys.filter(pc.equal(keys["status"], "ok")).select(["id", "pos"])
     g = table.group_by("id").aggregate([("pos", "count"), ("pos", "min")])
     g = g.filter(pc.greater(g["pos_count"], 1))
     return dict(zip(g["id"].to_pylist(), g["pos_min"].to_pylist()))

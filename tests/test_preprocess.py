@@ -30,6 +30,7 @@ from mmray.preprocess import (
     ITEM_SCHEMA,
     _write_parquet,
     find_duplicate_groups,
+    parse_chunks,
     parse_file,
     process_block,
     process_images,
@@ -91,6 +92,16 @@ def test_parse_file_unreadable_file_is_one_quarantined_record(tmp_path):
     bad.write_bytes(b"PAR1 this is not parquet")
     rows = parse_file(str(bad), 0, DataConfig()).to_pylist()
     assert [(r["source"], r["status"], r["reason"]) for r in rows] == [("c.parquet", "quarantined", "unreadable_file")]
+
+
+@pytest.mark.parametrize("rows_per_shard,min_chunks,sizes", [
+    (4, 1, [4, 4, 2]), (4, 5, [2, 2, 2, 2, 2]), (100, 3, [4, 4, 2]), (100, 1, [10]), (100, 20, [1] * 10)])
+def test_parse_chunks_cuts_a_file_into_image_blocks(tmp_path, rows_per_shard, min_chunks, sizes):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": f"i{n}", "title": "T", "images": ["a.jpg"], "price": 1.0} for n in range(10)])
+    cfg = DataConfig(rows_per_shard=rows_per_shard)
+    chunks = list(parse_chunks(str(path), 1, cfg, min_chunks))
+    assert [c.num_rows for c in chunks] == sizes
+    assert pa.concat_tables(chunks).equals(parse_file(str(path), 1, cfg))  # in order, nothing lost
 
 
 def test_process_images_quarantines_later_duplicates(tmp_path):
