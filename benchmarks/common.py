@@ -1,7 +1,10 @@
-"""Helpers shared by the benchmarks: how much CPU our processes and the rest of the machine used."""
+"""Helpers shared by the benchmarks: what machine this is, and how much CPU our processes and the
+rest of the machine used."""
 from __future__ import annotations
 
+import datetime as _dt
 import os
+import platform
 import time
 
 
@@ -60,3 +63,45 @@ class CpuMeter:
         machine, own = self._machine_busy() - self.m0, self._own_tree() - self.o0
         return {"own_cores": round(own / wall, 2), "other_cores": round(max(0.0, machine - own) / wall, 2),
                 "own_cpu_s": round(own, 3)}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
+
+
+def total_memory() -> str:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
+        return f"{kb / 2**20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        return "unknown"
+
+
+def module_versions(*names: str) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 (any import failure just means "not there")
+            versions[name] = "not installed"
+    return versions
+
+
+def machine_facts() -> dict[str, str]:
+    return {"nproc": str(os.cpu_count()), "affinity": str(len(os.sched_getaffinity(0))), "cpu": cpu_model(),
+            "python": platform.python_version()}
+
+
+def machine_lines() -> list[str]:
+    """The header lines every benchmark report starts with: date, host, CPU, memory, load."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [f"date        {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+            f"host        {platform.node()}  {platform.platform()}",
+            f"cpu         {cpu_model()}  (nproc {os.cpu_count()}, affinity {len(os.sched_getaffinity(0))})",
+            f"memory      {total_memory()}",
+            f"load avg    {load} (1/5/15 min, at start)"]

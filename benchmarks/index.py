@@ -30,7 +30,6 @@ nDCG@10 and Recall@10 come from mmray.metrics against mmray.evalset.relevance_ma
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import os
 import platform
@@ -39,6 +38,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.common import machine_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ["Flat", "HNSW32", "IVF4096,Flat", "IVF4096,PQ32", "IVF4096,PQ32,RFlat"]
@@ -51,25 +52,7 @@ K = 10
 def machine_info() -> list[str]:
     import faiss
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
-            mem = f"{kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return [f"date        {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-            f"host        {platform.node()}  {platform.platform()}",
-            f"cpu         {cpu}  (nproc {os.cpu_count()}, affinity {len(os.sched_getaffinity(0))})",
-            f"memory      {mem}",
-            f"load avg    {load} (1/5/15 min, at start)",
+    return [*machine_lines(),
             f"python      {platform.python_version()}  numpy {np.__version__}",
             f"faiss       {faiss.__version__}  ({faiss.get_compile_options().strip()}), "
             f"omp threads {faiss.omp_get_max_threads()}"]

@@ -29,7 +29,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -38,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import CpuMeter
+from benchmarks.common import CpuMeter, machine_facts, module_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_CATALOG = ROOT / "data" / "luma" / "catalog.jsonl"
@@ -207,23 +206,7 @@ def run_stage(cfg, workdir: Path) -> tuple[float, int]:
 
 
 def _machine() -> dict[str, str]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = {}
-    for mod in ("ray", "PIL", "pyarrow", "torch"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            versions[mod] = "not installed"
-    return {"nproc": str(os.cpu_count()), "affinity": str(len(os.sched_getaffinity(0))), "cpu": model,
-            "python": platform.python_version(), **versions}
+    return {**machine_facts(), **module_versions("ray", "PIL", "pyarrow", "torch")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as _dt
 import json
 import os
 import platform
@@ -56,7 +55,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import CpuMeter
+from benchmarks.common import CpuMeter, machine_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_NAME = "mmray-bench"
@@ -279,25 +278,9 @@ def machine_info(cfg, args) -> list[str]:
     import ray
     import torch
 
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        with open("/proc/meminfo") as f:
-            mem = f"{int(next(line.split()[1] for line in f if line.startswith('MemTotal'))) / 2**20:.1f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
     s = cfg.serve
     return [
-        f"date        {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"host        {platform.node()}  {platform.platform()}",
-        f"cpu         {cpu}  (nproc {os.cpu_count()}, affinity {len(os.sched_getaffinity(0))})",
-        f"memory      {mem}",
-        f"load avg    {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min, at start)",
+        *machine_lines(),
         f"versions    python {platform.python_version()}  ray {ray.__version__}  torch {torch.__version__}  "
         f"faiss {faiss.__version__}  numpy {np.__version__}  fastapi {fastapi.__version__}  httpx {httpx.__version__}",
         f"config      {args.config}: ray num_cpus={args.cpus}, worker nice {args.worker_niceness}; "

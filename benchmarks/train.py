@@ -38,7 +38,6 @@ import datetime as _dt
 import itertools
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -47,7 +46,7 @@ import time
 import zlib
 from pathlib import Path
 
-from benchmarks.common import machine_busy_seconds, process_table
+from benchmarks.common import machine_busy_seconds, machine_facts, module_versions, process_table
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_OVERHEAD_PCT = 10.0
@@ -344,25 +343,13 @@ def start_ray(cpus: int, niceness: int, temp_dir: str, verbose: bool) -> None:
 
 
 def machine_info() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    versions = {}
-    for mod in ("ray", "torch", "torchvision", "timm", "transformers", "numpy", "pyarrow"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            versions[mod] = "not installed"
+    versions = module_versions("ray", "torch", "torchvision", "timm", "transformers", "numpy", "pyarrow")
     try:
         from ray.train.v2._internal.constants import is_v2_enabled
         versions["ray_train"] = "V2" if is_v2_enabled() else "V1"
     except Exception:  # noqa: BLE001
         versions["ray_train"] = "?"
-    return {"nproc": str(os.cpu_count()), "affinity": str(len(os.sched_getaffinity(0))), "cpu": cpu,
-            "python": platform.python_version(), **versions}
+    return {**machine_facts(), **versions}
 
 
 def summarize(name: str, res: dict, batch: int, steps: int, warmup: int) -> dict:
