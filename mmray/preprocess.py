@@ -165,7 +165,6 @@ def run_preprocess(cfg: MmrayConfig, output: str | None = None) -> dict[str, Any
 
     See the module docstring for the stages.
     """
-
     start = time.time()
     data = cfg.data
     files = list_catalog_files(data.catalog)
