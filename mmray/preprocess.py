@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import yaml
 
 from mmray.catalog import (
@@ -36,7 +37,7 @@ from mmray.catalog import (
 )
 from mmray.config import DataConfig, MmrayConfig
 from mmray.images import ImageRejected, content_hash, decode_image, encode_image, read_image_bytes
-from mmray.storage import publish, remove_tree, staging_dir, write_json
+from mmray.storage import publish, remove_tree, resolve_filesystem, staging_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -344,10 +345,6 @@ def _first_position_of_duplicates(keys: pa.Table) -> dict[str, int]:
 
 
 def _regroup_shard(uri: str, merged: dict[str, str]) -> None:
-    import pyarrow.parquet as pq
-
-    from mmray.storage import resolve_filesystem
-
     fs, path = resolve_filesystem(uri)
     table = pq.read_table(path, filesystem=fs)
     group = pa.array([merged.get(i, g) for i, g in zip(table["id"].to_pylist(), table["group"].to_pylist())],
@@ -358,10 +355,6 @@ def _regroup_shard(uri: str, merged: dict[str, str]) -> None:
 
 def _count_rows(uris: list[str]) -> int:
     """Rows in these Parquet files, from their footers."""
-    import pyarrow.parquet as pq
-
-    from mmray.storage import resolve_filesystem
-
     total = 0
     for uri in uris:
         fs, path = resolve_filesystem(uri)
@@ -373,10 +366,6 @@ def _count_rows(uris: list[str]) -> int:
 def _write_parquet(uri: str, table: pa.Table, raw_columns: tuple[str, ...] = ()) -> None:
     """Write `table` as one Parquet file; `raw_columns` (encoded images) skip dictionary and
     compression, which cannot shrink JPEG bytes and cost half the write time."""
-    import pyarrow.parquet as pq
-
-    from mmray.storage import resolve_filesystem
-
     fs, path = resolve_filesystem(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     leaves = {column: _leaf_paths(table.schema.field(column)) for column in table.column_names}
@@ -414,8 +403,6 @@ def _write_jsonl(uri: str, rows: list[dict]) -> None:
 
 
 def _write_text(uri: str, text: str) -> None:
-    from mmray.storage import resolve_filesystem
-
     fs, path = resolve_filesystem(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:

@@ -35,15 +35,11 @@ def staging_dir(final: str) -> str:
 
 
 def remove_tree(uri: str) -> None:
-    """Delete a folder and everything in it; a missing folder is fine."""
+    """Delete a folder and everything in it; a missing folder is fine, a failure only warns."""
     fs, path = resolve_filesystem(uri)
     try:
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return
-        if is_local(uri):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            fs.delete_dir(path)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            _delete_dir(fs, path, is_local(uri))
     except OSError as e:
         log.warning("could not remove %s: %s", uri, e)
 
@@ -53,11 +49,15 @@ def publish(staging: str, final: str) -> None:
     fs, src = resolve_filesystem(staging)
     _, dst = resolve_filesystem(final)
     if fs.get_file_info(dst).type != pafs.FileType.NotFound:
-        if is_local(final):
-            shutil.rmtree(dst)
-        else:
-            fs.delete_dir(dst)
+        _delete_dir(fs, dst, is_local(final))
     fs.move(src, dst)
+
+
+def _delete_dir(fs: pafs.FileSystem, path: str, local: bool) -> None:
+    if local:
+        shutil.rmtree(path)
+    else:
+        fs.delete_dir(path)
 
 
 def write_json(uri: str, obj: Any) -> None:
