@@ -217,20 +217,21 @@ def run_quality(args) -> None:
     from mmray.evalset import build_queries, relevance_matrix
     from mmray.metrics import ndcg_at_k, recall_at_k
     from mmray.search import SearchService
-    from mmray.storage import current_path
-    from mmray.training.data import load_items
+    from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore
+    from mmray.training.data import current_dataset, load_items
 
     cfg = load_config(args.config)
-    index_root = cfg.storage.path("indexes")
-    folder = current_path(index_root)
-    if folder is None:
-        raise SystemExit(f"no published index under {index_root}: run `python -m jobs.build_index` first")
-    items_path = cfg.storage.path("datasets", cfg.data.name, "items")
+    try:
+        index = ArtifactStore.from_config(cfg.storage).resolve(INDEX_KIND, hint="run `python -m jobs.build_index` first")
+        dataset = current_dataset(cfg)
+    except ArtifactError as e:
+        raise SystemExit(f"error: {e}") from None
+    folder = index.ref
     print("\n== Part 2: quality on the shipped catalog's held-out queries")
     t0 = time.perf_counter()
-    service = SearchService.load(folder, cfg.index)
+    service = SearchService.load(index, cfg.index)
     retriever = service.retriever
-    test_items = load_items(items_path, split="test")
+    test_items = load_items(dataset, split="test")
     test_ids = [it["id"] for it in test_items]
     missing = [i for i in test_ids if i not in retriever.row_of]
     if missing:

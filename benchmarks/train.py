@@ -60,13 +60,15 @@ def load_rows(cfg, n: int) -> list[dict]:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from mmray.training.data import explode_images, items_dir
+    from mmray.storage import ArtifactError
+    from mmray.training.data import current_dataset, explode_images, item_paths
 
-    path = items_dir(cfg)
-    if not os.path.exists(path):
-        raise SystemExit(f"error: no preprocessed dataset at {path}\n"
-                         "run `python -m jobs.preprocess --config configs/local.yaml` first")
-    table = pq.read_table(path, columns=["group", "images", "captions", "split"]).to_pydict()
+    try:
+        dataset = current_dataset(cfg)
+    except ArtifactError as e:
+        raise SystemExit(f"error: {e}") from None
+    table = pq.read_table(item_paths(dataset), filesystem=dataset.store.fs,
+                          columns=["group", "images", "captions", "split"]).to_pydict()
     keep = [i for i, s in enumerate(table["split"]) if s == "train"]
     items = {k: np.empty(len(keep), dtype=object) for k in ("group", "images", "captions")}
     for k in items:

@@ -33,6 +33,7 @@ from deployments.demo import DEMO_HTML
 from deployments.replicas import EmbedderDeployment, RetrieverDeployment
 from mmray.config import DeploymentConfig, MmrayConfig, ServeConfig, load_config
 from mmray.images import ImageRejected, decode_image, encode_image
+from mmray.storage import ArtifactStore
 
 api = FastAPI(title="mmray", version="0.1.0",
               description="Multimodal product search: text and photo search, similar products.")
@@ -152,8 +153,9 @@ class Ingress:
         info = await self.retriever.info.remote()
         if not info.get("ready"):
             return error_response(503, "not_ready", f"index not loaded: {info.get('error')}")
-        await self.embedder.warm.remote(info["model_path"])
-        return {"status": "ready", "index_version": info["version"], "model_version": info["model_version"]}
+        await self.embedder.warm.remote(info["model"])
+        return {"status": "ready", "index_version": info["version"], "model_version": info["model_version"],
+                "reload_error": info.get("reload_error")}
 
     @api.get("/v1/index", summary="Serving versions")
     async def index_info(self):
@@ -170,7 +172,7 @@ class Ingress:
         async def work():
             start = time.perf_counter()
             info = await self.info()
-            vector = await self.embedder.embed_text.remote((body.query, info["model_path"]))
+            vector = await self.embedder.embed_text.remote((body.query, info["model"]))
             hybrid = body.hybrid if body.hybrid is not None else self.hybrid_default
             hits = await self.retriever.search.remote(info["version"], vector, body.k,
                                                       body.filters.model_dump() if body.filters else None,
@@ -190,7 +192,7 @@ class Ingress:
         async def work():
             start = time.perf_counter()
             info = await self.info()
-            vector = await self.embedder.embed_image.remote((data, info["model_path"]))
+            vector = await self.embedder.embed_image.remote((data, info["model"]))
             hits = await self.retriever.search.remote(info["version"], vector, k,
                                                       parsed.model_dump() if parsed else None, None, False, collapse)
             return {"results": self.results(hits), "index_version": info["version"],
@@ -239,7 +241,7 @@ class Ingress:
             if not hasattr(upload, "read"):
                 raise ApiError(422, "invalid_request", "multipart body needs an 'image' file field")
             data = await self.read_image(upload)
-            work = self.embedder.embed_image.remote((data, info["model_path"]))
+            work = self.embedder.embed_image.remote((data, info["model"]))
         elif ctype.startswith("application/json"):
             try:
                 body = EmbedRequest.model_validate_json(await request.body())
@@ -247,7 +249,7 @@ class Ingress:
                 raise ApiError(422, "invalid_request", str(e).splitlines()[0][:300]) from None
             if len(body.text) > self.cfg.max_query_chars:
                 raise ApiError(422, "invalid_request", f"text: longer than {self.cfg.max_query_chars} characters")
-            work = self.embedder.embed_text.remote((body.text, info["model_path"]))
+            work = self.embedder.embed_text.remote((body.text, info["model"]))
         else:
             raise ApiError(415, "unsupported_media_type", "send application/json {\"text\": ...} or multipart 'image'")
         vector = await self.guarded(work)
@@ -293,9 +295,10 @@ def build_app(args: AppArgs | dict | None = None) -> Application:
     a = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     cfg: MmrayConfig = load_config(a.config, a.overrides)
     s = cfg.serve
-    embedder = EmbedderDeployment.options(**_options(s.embedder, s.retry_after_s)).bind(s.embed_max_batch, s.embed_batch_wait_s)
+    store = ArtifactStore.from_config(cfg.storage)
+    embedder = EmbedderDeployment.options(**_options(s.embedder, s.retry_after_s)).bind(
+        store, s.embed_max_batch, s.embed_batch_wait_s)
     retriever = RetrieverDeployment.options(**_options(s.retriever, s.retry_after_s)).bind(
-        os.path.abspath(cfg.storage.path("indexes")), cfg.index.nprobe, cfg.index.ef_search, cfg.index.rrf_k,
-        s.reload_poll_s)
+        store, cfg.index.nprobe, cfg.index.ef_search, cfg.index.rrf_k, s.reload_poll_s)
     return Ingress.options(**_options(s.ingress, s.retry_after_s)).bind(embedder, retriever, s.model_dump(), cfg.index.hybrid)
 

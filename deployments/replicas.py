@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -16,32 +17,37 @@ from ray import serve
 from mmray.embedder import Embedder
 from mmray.index.filters import SearchFilters
 from mmray.index.retriever import IndexLoadError, Retriever
-from mmray.storage import current_path
+from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore
 
 log = logging.getLogger("ray.serve")
 
 
 @serve.deployment
 class EmbedderDeployment:
-    """Text and images -> vectors with the model an index was built with; requests are batched."""
+    """Text and images -> vectors with the model an index was built with; requests are batched.
 
-    def __init__(self, max_batch: int = 32, batch_wait_s: float = 0.005):
-        self.models: OrderedDict[str, Embedder] = OrderedDict()  # model path -> Embedder, the last two
+    Requests name the model by its artifact ref (`models/dual_encoder/<version>`, from the index
+    manifest); the replica loads a verified local copy of it from the store.
+    """
+
+    def __init__(self, store: ArtifactStore, max_batch: int = 32, batch_wait_s: float = 0.005):
+        self.store = store
+        self.models: OrderedDict[str, Embedder] = OrderedDict()  # model ref -> Embedder, the last two
         self.embed_text.set_max_batch_size(max_batch)
         self.embed_text.set_batch_wait_timeout_s(batch_wait_s)
         self.embed_image.set_max_batch_size(max_batch)
         self.embed_image.set_batch_wait_timeout_s(batch_wait_s)
 
-    def _model(self, path: str) -> Embedder:
-        if path not in self.models:
-            self.models[path] = Embedder.from_checkpoint(path)
+    def _model(self, ref: str) -> Embedder:
+        if ref not in self.models:
+            self.models[ref] = Embedder.from_checkpoint(self.store.resolve_ref(ref).local_dir())
             while len(self.models) > 2:
                 self.models.popitem(last=False)
-        self.models.move_to_end(path)
-        return self.models[path]
+        self.models.move_to_end(ref)
+        return self.models[ref]
 
-    async def warm(self, path: str) -> None:
-        await asyncio.to_thread(self._model, path)
+    async def warm(self, ref: str) -> None:
+        await asyncio.to_thread(self._model, ref)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def embed_text(self, requests: list[tuple[str, str]]) -> list[np.ndarray]:
@@ -50,10 +56,6 @@ class EmbedderDeployment:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def embed_image(self, requests: list[tuple[bytes, str]]) -> list[np.ndarray]:
         return await asyncio.to_thread(self._grouped, requests, "image")
-
-    async def embed_image_unbatched(self, image: bytes, path: str) -> np.ndarray:
-        """One image per call (the benchmark's baseline for @serve.batch)."""
-        return await asyncio.to_thread(lambda: self._model(path).embed_images([image])[0])
 
     def _grouped(self, requests, kind: str) -> list[np.ndarray]:
         out: list = [None] * len(requests)
@@ -74,16 +76,21 @@ class RetrieverDeployment:
     """The current index, reloaded when `indexes/current.json` (or `user_config`) names a new version.
 
     The previous version stays loaded, so a request embedded with the old model is answered from
-    the old index: a swap never fails a request.
+    the old index: a swap never fails a request. A version that cannot be loaded (corrupt, a bad
+    pointer) leaves the loaded one serving; the error shows on /readyz, and that version is
+    retried with exponential back-off instead of being re-hashed on every poll.
     """
 
-    def __init__(self, index_root: str, nprobe: int = 32, ef_search: int = 128, rrf_k: int = 60,
+    MAX_BACKOFF_S = 300.0
+
+    def __init__(self, store: ArtifactStore, nprobe: int = 32, ef_search: int = 128, rrf_k: int = 60,
                  poll_s: float = 2.0):
-        self.root, self.poll_s = index_root, poll_s
+        self.store, self.poll_s = store, poll_s
         self.kwargs = {"nprobe": nprobe, "ef_search": ef_search, "rrf_k": rrf_k}
         self.loaded: OrderedDict[str, Retriever] = OrderedDict()
         self.pinned: str | None = None
         self.error: str | None = None
+        self.failed: dict[str, tuple[int, float]] = {}  # version -> (failures, monotonic time of next try)
         self._load_current()
         self._poller = asyncio.get_event_loop().create_task(self._poll())
 
@@ -93,29 +100,42 @@ class RetrieverDeployment:
         self._load_current()
 
     def _target(self) -> str | None:
-        if self.pinned:
-            return os.path.join(self.root, self.pinned)
-        return current_path(self.root)
+        return self.pinned or self.store.current(INDEX_KIND)
 
     def _load_current(self) -> None:
-        folder = self._target()
-        if folder is None:
-            self.error = f"no index published under {self.root}"
+        try:
+            version = self._target()
+        except ArtifactError as e:  # a pointer we refuse to follow: keep serving what we have
+            self._set_error(str(e))
             return
-        version = os.path.basename(folder)
-        if self.loaded and next(reversed(self.loaded)) == version:
+        if version is None:
+            self._set_error("no index has been published yet: run `python -m jobs.build_index`")
+            return
+        if version in self.loaded:
+            self.loaded.move_to_end(version)
+            self.error = None
+            return
+        failures, retry_at = self.failed.get(version, (0, 0.0))
+        if time.monotonic() < retry_at:
             return
         try:
-            retriever = self.loaded.pop(version, None) or Retriever.load(folder, **self.kwargs)
-        except IndexLoadError as e:  # keep serving what we have; report it on /readyz
-            self.error = str(e)
-            log.error("index reload refused: %s", e)
+            retriever = Retriever.load(self.store.resolve(INDEX_KIND, version), **self.kwargs)
+        except (ArtifactError, OSError) as e:  # keep serving what we have; report it on /readyz
+            delay = min(self.poll_s * 2 ** failures, self.MAX_BACKOFF_S)
+            self.failed[version] = (failures + 1, time.monotonic() + delay)
+            self._set_error(f"{e} (next try in {delay:.0f} s)")
+            log.error("index reload refused: %s", self.error)
             return
+        self.failed.pop(version, None)
         self.loaded[version] = retriever
         while len(self.loaded) > 2:
             self.loaded.popitem(last=False)
         self.error = None
         log.info("serving index %s", version)
+
+    def _set_error(self, message: str) -> None:
+        """Errors are shown to clients on /readyz: never with the storage root's absolute path."""
+        self.error = message.replace(self.store.root, "<storage.root>")
 
     async def _poll(self) -> None:
         while True:
@@ -137,9 +157,9 @@ class RetrieverDeployment:
             return {"ready": False, "error": self.error}
         r = self._get(None)
         m = r.manifest
-        return {"ready": True, "version": r.version, "model_path": m["model_path"],
+        return {"ready": True, "version": r.version, "model": m["parents"]["model"],
                 "model_version": m["model_version"], "count": m["count"], "products": m["products"],
-                "factory": m["factory"], "num_shards": m["num_shards"], "folder": r.folder,
+                "factory": m["factory"], "num_shards": m["num_shards"],
                 "loaded_versions": list(self.loaded), "reload_error": self.error}
 
     async def search(self, version: str, vector: np.ndarray, k: int, filters: dict | None, query_text: str | None,

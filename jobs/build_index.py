@@ -10,31 +10,30 @@ import json
 
 from mmray.config import ConfigError, load_config
 from mmray.runtime import init_ray, run_job, setup_logging
+from mmray.storage import ArtifactError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.build_index", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/local.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--model", help="model checkpoint folder (default: the current model)")
+    parser.add_argument("--model", help="model version to embed with, e.g. v20261202-053100-123-9f3a1c "
+                                        "(default: the current one)")
     args = parser.parse_args(argv)
     setup_logging()
 
     def body() -> int:
         from mmray.index.build import build_index
-        from mmray.index.retriever import IndexLoadError
 
         cfg = load_config(args.config, args.set)
         init_ray()
-        try:
-            manifest = build_index(cfg, args.model)
-        except IndexLoadError as e:
-            raise ValueError(str(e)) from None
+        manifest = build_index(cfg, args.model)
         manifest.pop("files", None)
+        manifest.pop("config", None)
         print(json.dumps(manifest, indent=2))
         return 0
 
-    return run_job(body, (ConfigError, FileNotFoundError, ValueError))
+    return run_job(body, (ConfigError, ArtifactError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

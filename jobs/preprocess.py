@@ -11,13 +11,13 @@ import json
 from mmray.catalog import CatalogError
 from mmray.config import ConfigError, load_config
 from mmray.runtime import init_ray, run_job, setup_logging
+from mmray.storage import ArtifactError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.preprocess", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/local.yaml", help="YAML config file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. data.catalog=x")
-    parser.add_argument("--output", help="output folder (default: <storage.root>/datasets/<data.name>)")
     args = parser.parse_args(argv)
     setup_logging()
 
@@ -28,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         list_catalog_files(cfg.data.catalog)  # a missing catalog fails here, before Ray starts
         init_ray()
-        report = run_preprocess(cfg, args.output)
+        report = run_preprocess(cfg)
         print(json.dumps(report, indent=2))
         return 0
 
-    return run_job(body, (ConfigError, CatalogError))
+    return run_job(body, (ConfigError, CatalogError, ArtifactError))
 
 
 if __name__ == "__main__":

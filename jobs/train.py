@@ -12,6 +12,7 @@ import json
 
 from mmray.config import ConfigError, load_config
 from mmray.runtime import init_ray, run_job, setup_logging
+from mmray.storage import ArtifactError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(summary))
         return 0
 
-    return run_job(body, (ConfigError, FileNotFoundError, ValueError))
+    return run_job(body, (ConfigError, ArtifactError, FileNotFoundError, ValueError))
 
 
 def format_summary(s: dict) -> str:

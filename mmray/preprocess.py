@@ -5,11 +5,11 @@ the driver finds duplicate ids from each row's key; one streaming Ray Data pass 
 images, each chunk's task writing its own Parquet shard; the driver builds groups, quarantine
 and report from the short columns the chunks return. No image bytes or long text reach it.
 
-Output, under `<storage.root>/datasets/<data.name>/` (written to a staging folder, then moved):
+Output: a new version of `datasets/<data.name>` in the artifact layer (mmray.storage):
   items/         Parquet shards: one row per usable item, resized images as encoded bytes
   quarantine/    Parquet: every rejected row, with `reason` and `detail` (also quarantine.jsonl)
   report.json    rows in / out / quarantined by reason, duplicates, timings
-  config.yaml    the config that made it
+  manifest.json  every file with its SHA-256, and the config that made it (written last)
 Rows in = rows out + rows quarantined, checked before anything is published.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import yaml
 
 from mmray.catalog import (
     RECORD_SCHEMA,
@@ -37,7 +37,8 @@ from mmray.catalog import (
 )
 from mmray.config import DataConfig, MmrayConfig
 from mmray.images import ImageRejected, content_hash, decode_image, encode_image, read_image_bytes
-from mmray.storage import publish, remove_tree, resolve_filesystem, staging_dir, write_json
+from mmray.storage import ArtifactStore, dataset_kind
+from mmray.storage.fs import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -161,17 +162,17 @@ def find_duplicate_groups(rows: list[tuple[str, str, list[str]]]) -> dict[str, s
 # --------------------------------------------------------------------------- the job
 
 
-def run_preprocess(cfg: MmrayConfig, output: str | None = None) -> dict[str, Any]:
-    """Run the whole pipeline; returns the report (also written to report.json).
-
-    See the module docstring for the stages.
+def run_preprocess(cfg: MmrayConfig) -> dict[str, Any]:
+    """Run the whole pipeline and publish a new dataset version; returns the report (also
+    report.json in the version). See the module docstring for the stages.
     """
     start = time.time()
     data = cfg.data
     files = list_catalog_files(data.catalog)
     image_root = data.image_root or catalog_folder(data.catalog)
-    output = output or cfg.storage.path("datasets", data.name)
-    log.info("preprocess: %d catalog file(s) from %s -> %s", len(files), data.catalog, output)
+    store = ArtifactStore.from_config(cfg.storage)
+    kind = dataset_kind(data.name)
+    log.info("preprocess: %d catalog file(s) from %s -> %s", len(files), data.catalog, store.uri(kind))
 
     chunks, keys = parse_catalog(files, data)
     if keys.num_rows == 0:
@@ -179,18 +180,14 @@ def run_preprocess(cfg: MmrayConfig, output: str | None = None) -> dict[str, Any
     duplicate_ids = _first_position_of_duplicates(keys)
     t_rows = time.time()
 
-    staging = staging_dir(output)
-    try:
-        report = {"catalog": data.catalog, "files": len(files),
-                  **_images_and_outputs(cfg, chunks, keys.num_rows, image_root, duplicate_ids, staging, start,
-                                        t_rows),
-                  "output": output}
-        write_json(f"{staging}/report.json", report)
-        _write_text(f"{staging}/config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        publish(staging, output)
-    except BaseException:
-        remove_tree(staging)  # a failed run leaves nothing behind; the previous output stays as it was
-        raise
+    # A failed run removes its version folder; the current version stays as it was.
+    with store.begin(kind, config=cfg.model_dump(mode="json")) as writer:
+        report = {"catalog": data.catalog, "files": len(files), "version": writer.name,
+                  **_images_and_outputs(cfg, chunks, keys.num_rows, image_root, duplicate_ids, store, writer.path(),
+                                        start, t_rows),
+                  "output": writer.uri()}
+        writer.write_json("report.json", report)
+        writer.commit(extra={"rows": report["rows_out"], "shards": report["shards"]})
     log.info("preprocess: %d rows in, %d out, %d quarantined in %.1f s", report["rows_in"], report["rows_out"],
              report["rows_quarantined"], report["timings_s"]["total"])
     return report
@@ -225,7 +222,8 @@ def _row_keys(chunk: pa.Table) -> pa.Table:
     return chunk.select(KEY_SCHEMA.names)
 
 
-def image_stage(chunks: list, data: DataConfig, image_root: str, duplicate_ids: dict[str, int], shard_dir: str):
+def image_stage(chunks: list, data: DataConfig, image_root: str, duplicate_ids: dict[str, int], store: ArtifactStore,
+                shard_dir: str):
     """The Ray Data dataset that processes the images of the record `chunks` (object references;
     lazy: the caller executes it). One call of `process_block` per chunk, one shard per chunk.
 
@@ -236,11 +234,12 @@ def image_stage(chunks: list, data: DataConfig, image_root: str, duplicate_ids: 
 
     return ray.data.from_arrow_refs(chunks).map_batches(
         process_block, batch_size=None, batch_format="pyarrow", concurrency=data.concurrency,
-        fn_kwargs={"cfg": data, "image_root": image_root, "duplicate_ids": duplicate_ids, "shard_dir": shard_dir})
+        fn_kwargs={"cfg": data, "image_root": image_root, "duplicate_ids": duplicate_ids, "store": store,
+                   "shard_dir": shard_dir})
 
 
 def process_block(block: pa.Table, cfg: DataConfig, image_root: str, duplicate_ids: dict[str, int],
-                  shard_dir: str) -> pa.Table:
+                  store: ArtifactStore, shard_dir: str) -> pa.Table:
     """Ray Data UDF for one block: its images processed, its ok rows written as one Parquet shard.
 
     Returns the block without image bytes, plus the `shard` each ok row went to. The shard's
@@ -253,7 +252,7 @@ def process_block(block: pa.Table, cfg: DataConfig, image_root: str, duplicate_i
     shard = ""
     if ok.num_rows:
         shard = f"{shard_dir}/part-{block['pos'][0].as_py():016x}.parquet"
-        _write_parquet(shard, ok.append_column("group", ok["product_id"]), raw_columns=("images",))
+        _write_parquet(store.fs, shard, ok.append_column("group", ok["product_id"]), raw_columns=("images",))
     # What the driver needs: keys, status, hashes, and every field of a quarantined row (to show
     # why); the long text of ok rows is in the shard already and stays out of the driver.
     small = items.drop_columns(["images", "captions", "text"])
@@ -264,12 +263,13 @@ def process_block(block: pa.Table, cfg: DataConfig, image_root: str, duplicate_i
 
 
 def _images_and_outputs(cfg: MmrayConfig, chunks: list, rows_in: int, image_root: str,
-                        duplicate_ids: dict[str, int], staging: str, start: float, t_rows: float) -> dict[str, Any]:
+                        duplicate_ids: dict[str, int], store: ArtifactStore, out_dir: str, start: float,
+                        t_rows: float) -> dict[str, Any]:
     import ray
 
     data = cfg.data
-    small = _concat(list(_with_progress(image_stage(chunks, data, image_root, duplicate_ids, f"{staging}/items"),
-                                        rows_in)))
+    stage = image_stage(chunks, data, image_root, duplicate_ids, store, f"{out_dir}/items")
+    small = _concat(list(_with_progress(stage, rows_in)))
     t_images = time.time()
 
     is_ok = pc.equal(small["status"], "ok")
@@ -291,14 +291,14 @@ def _images_and_outputs(cfg: MmrayConfig, chunks: list, rows_in: int, image_root
     touched = sorted({shard_of[item] for item in merged})
     if touched:
         regroup, merged_ref = ray.remote(_regroup_shard), ray.put(merged)
-        ray.get([regroup.remote(path, merged_ref) for path in touched])
+        ray.get([regroup.remote(store, path, merged_ref) for path in touched])
     shards = sorted(set(ok_table["shard"].to_pylist()))
-    written = _count_rows(shards)
+    written = _count_rows(store.fs, shards)
     if written != rows_out:
         raise RuntimeError(f"the item shards hold {written} rows, expected {rows_out}")
     if q_rows:
-        _write_parquet(f"{staging}/quarantine/part-00000.parquet", quarantine)
-    _write_jsonl(f"{staging}/quarantine.jsonl", q_rows)
+        _write_parquet(store.fs, f"{out_dir}/quarantine/part-00000.parquet", quarantine)
+    _write_jsonl(store.fs, f"{out_dir}/quarantine.jsonl", q_rows)
 
     return {
         "rows_in": rows_in,
@@ -344,29 +344,27 @@ def _first_position_of_duplicates(keys: pa.Table) -> dict[str, int]:
     return dict(zip(g["id"].to_pylist(), g["pos_min"].to_pylist()))
 
 
-def _regroup_shard(uri: str, merged: dict[str, str]) -> None:
-    fs, path = resolve_filesystem(uri)
+def _regroup_shard(store: ArtifactStore, path: str, merged: dict[str, str]) -> None:
+    fs = store.fs
     table = pq.read_table(path, filesystem=fs)
     group = pa.array([merged.get(i, g) for i, g in zip(table["id"].to_pylist(), table["group"].to_pylist())],
                      pa.string())
-    _write_parquet(uri, table.set_column(table.schema.get_field_index("group"), "group", group),
+    _write_parquet(fs, path, table.set_column(table.schema.get_field_index("group"), "group", group),
                    raw_columns=("images",))
 
 
-def _count_rows(uris: list[str]) -> int:
+def _count_rows(fs: pafs.FileSystem, paths: list[str]) -> int:
     """Rows in these Parquet files, from their footers."""
     total = 0
-    for uri in uris:
-        fs, path = resolve_filesystem(uri)
+    for path in paths:
         with fs.open_input_file(path) as f:
             total += pq.ParquetFile(f).metadata.num_rows
     return total
 
 
-def _write_parquet(uri: str, table: pa.Table, raw_columns: tuple[str, ...] = ()) -> None:
+def _write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, raw_columns: tuple[str, ...] = ()) -> None:
     """Write `table` as one Parquet file; `raw_columns` (encoded images) skip dictionary and
     compression, which cannot shrink JPEG bytes and cost half the write time."""
-    fs, path = resolve_filesystem(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     leaves = {column: _leaf_paths(table.schema.field(column)) for column in table.column_names}
     coded = [leaf for column, paths in leaves.items() if column not in raw_columns for leaf in paths]
@@ -398,12 +396,6 @@ def _item_stats(ok: pa.Table) -> dict[str, Any]:
             "unknown_columns": dict(unknown)}
 
 
-def _write_jsonl(uri: str, rows: list[dict]) -> None:
-    _write_text(uri, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
-
-
-def _write_text(uri: str, text: str) -> None:
-    fs, path = resolve_filesystem(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
+def _write_jsonl(fs: pafs.FileSystem, path: str, rows: list[dict]) -> None:
+    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
+    write_bytes(fs, path, text.encode("utf-8"))

@@ -11,6 +11,7 @@ from mmray.config import IndexConfig
 from mmray.embedder import Embedder
 from mmray.index.filters import SearchFilters
 from mmray.index.retriever import Hit, Retriever
+from mmray.storage import Version
 
 
 class SearchService:
@@ -18,9 +19,11 @@ class SearchService:
         self.embedder, self.retriever, self.cfg = embedder, retriever, cfg
 
     @classmethod
-    def load(cls, index_folder: str, cfg: IndexConfig) -> "SearchService":
-        retriever = Retriever.load(index_folder, cfg.nprobe, cfg.ef_search, cfg.rrf_k)
-        return cls(Embedder.from_checkpoint(retriever.manifest["model_path"]), retriever, cfg)
+    def load(cls, index: Version, cfg: IndexConfig) -> "SearchService":
+        """An index version and the model it was built with (both verified by the store)."""
+        retriever = Retriever.load(index, cfg.nprobe, cfg.ef_search, cfg.rrf_k)
+        model = index.store.resolve_ref(index.manifest["parents"]["model"])
+        return cls(Embedder.from_checkpoint(model.local_dir()), retriever, cfg)
 
     def search_text(self, query: str, k: int = 10, filters: SearchFilters | None = None,
                     hybrid: bool | None = None, collapse: bool = True) -> list[Hit]:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import socket
 import struct
+import tempfile
+import uuid
 import zlib
 from pathlib import Path
 
@@ -21,6 +25,57 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 LUMA_CATALOG = ROOT / "data" / "luma" / "catalog.jsonl"
 LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# A real S3-compatible server (moto's, on loopback) reached exactly as users reach S3 or MinIO:
+# through the standard AWS_* variables. They are set here, at import, so that the Ray workers and
+# Serve replicas started later inherit them.
+S3_PORT = _free_port()
+os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="mmray-test",
+                  AWS_SECRET_ACCESS_KEY="mmray-test-secret", AWS_DEFAULT_REGION="us-east-1",
+                  AWS_EC2_METADATA_DISABLED="true")
+os.environ.setdefault("MMRAY_CACHE_DIR", tempfile.mkdtemp(prefix="mmray-test-cache-"))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 for the whole run; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A new, empty bucket; yields its name."""
+    import boto3
+
+    name = f"mmray-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+def publish_model(store, model) -> str:
+    """Publish `model` (e.g. an untrained tiny one) as the current dual encoder; returns its version."""
+    from mmray.model import save_checkpoint
+    from mmray.storage import model_kind
+
+    with tempfile.TemporaryDirectory() as folder, store.begin(model_kind(), config={"test": True}) as writer:
+        save_checkpoint(model, folder)
+        writer.upload_dir(folder)
+        return writer.commit().name
 
 
 # --------------------------------------------------------------------------- Ray

@@ -1,10 +1,13 @@
 """Typed config: defaults, YAML, dotted overrides and one-line errors that name the field."""
 from __future__ import annotations
 
+import os
+import re
+
 import pydantic
 import pytest
 import yaml
-from conftest import LOCAL_CONFIG
+from conftest import LOCAL_CONFIG, ROOT
 
 from mmray.config import ConfigError, DataConfig, MmrayConfig, load_config
 
@@ -25,12 +28,16 @@ def test_defaults_load():
     assert cfg.data.holdout_fraction == 0.15
     assert cfg.data.caption.num_variants == 4
     assert cfg.storage.root == "artifacts"
-    assert cfg.storage.path("datasets", "luma") == "artifacts/datasets/luma"
+    assert cfg.storage.keep_versions == 3
 
 
-def test_storage_path_joins_uri_roots():
-    cfg = load_config(overrides=["storage.root=s3://bucket/mm/"])
-    assert cfg.storage.path("datasets", "luma") == "s3://bucket/mm/datasets/luma"
+def test_artifact_uris_join_local_and_bucket_roots():
+    from mmray.storage import ArtifactStore, dataset_kind
+
+    local = ArtifactStore.from_config(load_config().storage)
+    assert local.uri(dataset_kind("luma")) == os.path.abspath("artifacts") + "/datasets/luma"
+    bucket = ArtifactStore.from_config(load_config(overrides=["storage.root=s3://bucket/mm/"]).storage)
+    assert bucket.uri(dataset_kind("luma")) == "s3://bucket/mm/datasets/luma"
 
 
 def test_local_yaml_loads_and_matches_file():
@@ -178,3 +185,48 @@ def test_override_of_a_text_field_keeps_the_text():
     assert load_config(overrides=["data.seed=7"]).data.seed == 7  # numbers still parse for number fields
     with pytest.raises(ConfigError, match="data.seed"):
         load_config(overrides=["data.seed=seven"])
+
+
+# --------------------------------------------------------------------------- the shipped configs
+
+SHIPPED_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def _assert_subset(loaded, raw, where: str) -> None:
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            _assert_subset(loaded[key], value, f"{where}.{key}" if where else key)
+    else:
+        assert loaded == raw, f"{where}: file says {raw!r}, loaded {loaded!r}"
+
+
+def test_configs_folder_is_not_empty():
+    assert LOCAL_CONFIG in SHIPPED_CONFIGS and len(SHIPPED_CONFIGS) >= 2
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_loads_and_keeps_its_values(path):
+    cfg = load_config(path)
+    with open(path, encoding="utf-8") as f:
+        _assert_subset(cfg.model_dump(mode="json"), yaml.safe_load(f), "")
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_shipped_index_factory_parses_and_refines_pq(path):
+    """The factory string builds with FAISS; a PQ index re-ranks its candidates.
+
+    mmray.index.ann.auto_factory only picks PQ codes at production scale (over 2M items), and
+    re-ranks them there (`Refine(SQ8)`) because IVF-PQ alone recalls about 0.46@10: a config
+    that names PQ itself must do the same. `auto` is checked at 10M items."""
+    import faiss
+
+    from mmray.index.ann import auto_factory
+
+    factory = load_config(path).index.factory
+    spec = auto_factory(10_000_000, 64) if factory == "auto" else factory
+    pq = re.search(r"PQ(\d+)", spec)
+    dim = 2 * int(pq.group(1)) if pq else 16  # PQ needs the dimension to be a multiple of its M
+    index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+    assert index.d == dim
+    if pq:
+        assert "Refine(" in spec or "RFlat" in spec, f"{path.name}: index.factory={factory!r} is PQ without refine"

@@ -1,5 +1,5 @@
 """The vector index: FAISS recall against brute force, sharding, save/load, factory strings; index
-folders (versions, the current pointer, corrupt or half-written folders refused); and one
+versions (the current pointer, corrupt or half-written versions refused); and one
 end-to-end build of a small slice of the shipped catalog with a tiny (untrained) model."""
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import LUMA_CATALOG, ROOT
+from conftest import LUMA_CATALOG, ROOT, publish_model
 
 from mmray.index.ann import auto_factory, build_ann, exact_search, load_ann, recall_at_k, save_ann, set_search_effort
-from mmray.index.build import MANIFEST, file_digests
 from mmray.index.filters import SearchFilters
 from mmray.index.lexical import LexicalIndex
-from mmray.index.retriever import IndexLoadError, Retriever, read_manifest
-from mmray.storage import current_path, set_current, staging_dir
+from mmray.index.retriever import IndexLoadError, Retriever
+from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore, file_sha256
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -150,18 +149,18 @@ def test_untrainable_factory_is_a_value_error():
     assert "\n" not in str(info.value)
 
 
-# --------------------------------------------------------------------------- index folders
+# --------------------------------------------------------------------------- index versions
 
 
-def write_index(final, n: int = 120, dim: int = 16, seed: int = 0, num_shards: int = 2,
-                manifest: bool = True) -> str:
-    """Write an index folder the way build_index does (staging folder, manifest last, rename);
-    with `manifest=False` stop before the manifest and return the half-written staging folder."""
-    final = str(final)
+def write_index(store: ArtifactStore, n: int = 120, dim: int = 16, seed: int = 0, num_shards: int = 2,
+                commit: bool = True):
+    """Write an index version the way build_index does (files, then the manifest, through the
+    artifact layer; the pointer is left alone). With `commit=False` stop before the manifest and
+    return the half-written writer."""
     rng = np.random.default_rng(seed)
     vectors = unit(rng.standard_normal((n, dim)))
-    folder = staging_dir(final)
-    os.makedirs(folder)
+    writer = store.begin(INDEX_KIND)
+    folder = writer.path()
     shards = save_ann(build_ann(vectors, "Flat", num_shards), folder)
     np.save(os.path.join(folder, "vectors.npy"), vectors)
     meta = {"id": [f"s{seed}-{i}" for i in range(n)], "product_id": [f"p{seed}-{i // 2}" for i in range(n)],
@@ -172,67 +171,57 @@ def write_index(final, n: int = 120, dim: int = 16, seed: int = 0, num_shards: i
             "image": [f"images/{i}.jpg" for i in range(n)]}
     pq.write_table(pa.table(meta), os.path.join(folder, "metadata.parquet"))
     LexicalIndex.build(meta["title"]).save(os.path.join(folder, "lexical"))
-    if not manifest:
-        return folder
-    doc = {"format": 1, "version": os.path.basename(final), "count": n, "dim": dim, "shards": shards,
-           "num_shards": len(shards), "files": file_digests(folder)}
-    with open(os.path.join(folder, MANIFEST), "w") as f:
-        json.dump(doc, f)
-    os.rename(folder, final)
-    return final
+    if not commit:
+        return writer
+    return writer.commit(extra={"count": n, "dim": dim, "shards": shards, "num_shards": len(shards)},
+                         make_current=False)
 
 
-def test_a_written_index_loads_and_searches(tmp_path):
-    folder = write_index(tmp_path / "v1")
-    r = Retriever.load(folder)
-    assert r.version == "v1" and len(r) == 120 and isinstance(r.ann, faiss.IndexShards)
+def load(store: ArtifactStore, version: str | None = None) -> Retriever:
+    return Retriever.load(store.resolve(INDEX_KIND, version))
+
+
+@pytest.fixture
+def store(tmp_path) -> ArtifactStore:
+    return ArtifactStore(str(tmp_path / "artifacts"))
+
+
+def test_a_written_index_loads_and_searches(store):
+    v = write_index(store)
+    r = load(store, v.name)
+    assert r.version == v.name and len(r) == 120 and isinstance(r.ann, faiss.IndexShards)
     hits = r.search(r.vectors[7], k=3, collapse=False)
     assert hits[0].row == 7 and hits[0].id == "s0-7" and hits[0].score == pytest.approx(1.0, abs=1e-5)
     assert [h.row for h in r.search(r.vectors[7], k=3, filters=SearchFilters(gender="men"), collapse=False)
             if h.row % 2] == []
 
 
-def test_version_swap_keeps_the_old_index_until_the_new_one_is_complete(tmp_path):
-    root = str(tmp_path / "indexes")
-    with pytest.raises(IndexLoadError, match="no index has been published"):
-        Retriever.load_current(root)
-    write_index(os.path.join(root, "v1"), seed=1)
-    set_current(root, "v1")
-    old = Retriever.load_current(root)
-    assert old.version == "v1" and old.item(0)["id"] == "s1-0"
+def test_version_swap_keeps_the_old_index_until_the_new_one_is_complete(store):
+    with pytest.raises(IndexLoadError, match="nothing has been published"):
+        Retriever.load_current(store)
+    v1 = write_index(store, seed=1)
+    store.set_current(INDEX_KIND, v1.name)
+    old = Retriever.load_current(store)
+    assert old.version == v1.name and old.item(0)["id"] == "s1-0"
 
-    # v2 is being written: a staging folder with every file but the manifest
-    staging = write_index(os.path.join(root, "v2"), seed=2, manifest=False)
-    assert os.path.dirname(staging) == root and not os.path.exists(os.path.join(root, "v2"))
-    assert current_path(root) == os.path.join(root, "v1")
-    assert Retriever.load_current(root).version == "v1"
-    with pytest.raises(IndexLoadError, match=f"incomplete: no {MANIFEST}"):
-        Retriever.load(staging)  # a half-written folder is refused even if asked for directly
+    # v2 is being written: every file but the manifest
+    half = write_index(store, seed=2, commit=False)
+    assert store.current(INDEX_KIND) == v1.name and store.versions(INDEX_KIND) == [v1.name]
+    assert Retriever.load_current(store).version == v1.name
+    with pytest.raises(ArtifactError, match="not a complete version"):
+        load(store, half.name)  # a half-written version is refused even if asked for directly
 
-    # v2 completes: manifest last, moved into place; the pointer still names v1 until it moves
-    doc = {"format": 1, "version": "v2", "shards": ["shard_000.faiss", "shard_001.faiss"],
-           "files": file_digests(staging)}
-    with open(os.path.join(staging, MANIFEST), "w") as f:
-        json.dump(doc, f)
-    os.rename(staging, os.path.join(root, "v2"))
-    assert Retriever.load_current(root).version == "v1"
-    set_current(root, "v2")
-    new = Retriever.load_current(root)
-    assert new.version == "v2" and new.item(0)["id"] == "s2-0"
-    assert json.load(open(os.path.join(root, "current.json")))["version"] == "v2"
-    assert sorted(os.listdir(root)) == ["current.json", "v1", "v2"]  # no temporary pointer left behind
+    # v2 completes: manifest last; the pointer still names v1 until it moves
+    v2 = half.commit(extra={"shards": ["shard_000.faiss", "shard_001.faiss"]}, make_current=False)
+    assert Retriever.load_current(store).version == v1.name
+    store.set_current(INDEX_KIND, v2.name)
+    new = Retriever.load_current(store)
+    assert new.version == v2.name and new.item(0)["id"] == "s2-0"
+    assert sorted(os.listdir(store.path(INDEX_KIND))) == sorted(["current.json", v1.name, v2.name])  # no temp pointer
 
     # the retriever loaded before the swap keeps serving its own version
-    hits = old.search(old.vectors[3], k=1, collapse=False)
-    assert hits[0].id == "s1-3"
+    assert old.search(old.vectors[3], k=1, collapse=False)[0].id == "s1-3"
     assert new.search(new.vectors[3], k=1, collapse=False)[0].id == "s2-3"
-
-    # a pointer to a half-written folder is refused at load, never served
-    write_index(os.path.join(root, "v3"), seed=3, manifest=False)
-    half = [d for d in os.listdir(root) if d.startswith("v3.tmp-")][0]
-    set_current(root, half)
-    with pytest.raises(IndexLoadError, match="incomplete"):
-        Retriever.load_current(root)
 
 
 def _flip_byte(path, offset=None):
@@ -242,53 +231,56 @@ def _flip_byte(path, offset=None):
     open(path, "wb").write(bytes(data))
 
 
+def _manifest(folder) -> dict:
+    return json.load(open(os.path.join(folder, "manifest.json")))
+
+
+def _save_manifest(folder, doc) -> None:
+    json.dump(doc, open(os.path.join(folder, "manifest.json"), "w"))
+
+
 def _rewrite_manifest(folder, **changes):
-    doc = json.load(open(os.path.join(folder, MANIFEST)))
-    doc.update(changes)
-    doc["files"] = file_digests(folder)
-    json.dump(doc, open(os.path.join(folder, MANIFEST), "w"))
+    """A manifest that matches the damaged files (what a buggy writer would leave)."""
+    doc = _manifest(folder) | changes
+    for rel in doc["files"]:
+        path = os.path.join(folder, rel)
+        doc["files"][rel] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+    _save_manifest(folder, doc)
 
 
-def _drop_key(folder, key):
-    doc = json.load(open(os.path.join(folder, MANIFEST)))
-    del doc[key]
-    json.dump(doc, open(os.path.join(folder, MANIFEST), "w"))
-
-
-def _edit_files_entry(folder, rel, entry):
-    doc = json.load(open(os.path.join(folder, MANIFEST)))
-    doc["files"][rel] = entry
-    json.dump(doc, open(os.path.join(folder, MANIFEST), "w"))
+def _edit(folder, fn):
+    doc = _manifest(folder)
+    fn(doc)
+    _save_manifest(folder, doc)
 
 
 CORRUPTIONS = {
-    "missing manifest": (lambda d: os.remove(os.path.join(d, MANIFEST)),
-                         re.escape(f"is incomplete: no {MANIFEST} (half-written or not an index)")),
-    "manifest is not JSON": (lambda d: open(os.path.join(d, MANIFEST), "w").write('{"version": "v1", "fi'),
+    "missing manifest": (lambda d: os.remove(os.path.join(d, "manifest.json")),
+                         re.escape("is not a complete version: no manifest.json")),
+    "manifest is not JSON": (lambda d: open(os.path.join(d, "manifest.json"), "w").write('{"version": "v1", "fi'),
                              "has an unreadable manifest"),
-    "manifest is empty": (lambda d: open(os.path.join(d, MANIFEST), "w").close(), "has an unreadable manifest"),
-    "manifest without files": (lambda d: json.dump({"version": "v1"}, open(os.path.join(d, MANIFEST), "w")),
-                               "has an unreadable manifest"),
-    "manifest without version": (lambda d: _drop_key(d, "version"),
+    "manifest is empty": (lambda d: open(os.path.join(d, "manifest.json"), "w").close(), "has an unreadable manifest"),
+    "manifest without files": (lambda d: _edit(d, lambda m: m.pop("files")), "has an unreadable manifest"),
+    "manifest without version": (lambda d: _edit(d, lambda m: m.pop("version")),
                                  "has an unreadable manifest: KeyError: 'version'"),
-    "manifest is a list": (lambda d: json.dump([1, 2], open(os.path.join(d, MANIFEST), "w")),
+    "manifest is a list": (lambda d: json.dump([1, 2], open(os.path.join(d, "manifest.json"), "w")),
                            "has an unreadable manifest"),
-    "manifest with a flipped byte": (lambda d: _flip_byte(os.path.join(d, MANIFEST), 2),
+    "manifest with a flipped byte": (lambda d: _flip_byte(os.path.join(d, "manifest.json"), 2),
                                      "has an unreadable manifest"),
-    "manifest entry without sizes": (lambda d: _edit_files_entry(d, "vectors.npy", {}),
+    "manifest entry without sizes": (lambda d: _edit(d, lambda m: m["files"].update({"vectors.npy": {}})),
                                      "has an unreadable manifest"),
     "truncated shard": (lambda d: os.truncate(os.path.join(d, "shard_001.faiss"),
                                               os.path.getsize(os.path.join(d, "shard_001.faiss")) // 2),
-                        r"shard_001.faiss has \d+ bytes, manifest says \d+"),
+                        r"shard_001.faiss has \d+ bytes, its manifest says \d+"),
     "flipped byte in a shard": (lambda d: _flip_byte(os.path.join(d, "shard_000.faiss")),
-                                r"shard_000.faiss is corrupt \(checksum mismatch\)"),
+                                r"shard_000.faiss does not match its SHA-256"),
     "flipped byte in vectors": (lambda d: _flip_byte(os.path.join(d, "vectors.npy")),
-                                r"vectors.npy is corrupt \(checksum mismatch\)"),
+                                r"vectors.npy does not match its SHA-256"),
     "missing metadata": (lambda d: os.remove(os.path.join(d, "metadata.parquet")), "is missing metadata.parquet"),
     "missing shard": (lambda d: os.remove(os.path.join(d, "shard_001.faiss")), "is missing shard_001.faiss"),
     "missing lexical file": (lambda d: os.remove(os.path.join(d, "lexical", sorted(os.listdir(
         os.path.join(d, "lexical")))[0])), "is missing lexical/"),
-    "missing folder": (lambda d: shutil.rmtree(d), "index folder does not exist"),
+    "missing folder": (lambda d: shutil.rmtree(d), "is not a complete version"),
     # consistent with its manifest, but not what the manifest's writer meant
     "shard that is not a FAISS file": (lambda d: (open(os.path.join(d, "shard_000.faiss"), "wb").write(b"x" * 99),
                                                   _rewrite_manifest(d)),
@@ -301,33 +293,27 @@ CORRUPTIONS = {
 }
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return write_index(tmp_path_factory.mktemp("pristine") / "v1")
-
-
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
-def test_corrupt_or_half_written_index_is_refused(tmp_path, pristine, case):
-    folder = str(tmp_path / "v1")
-    shutil.copytree(pristine, folder)
-    assert Retriever.load(folder).version == "v1"  # the copy is fine before the damage
+def test_corrupt_or_half_written_index_is_refused(store, case):
+    v = write_index(store)
+    assert load(store, v.name).version == v.name  # fine before the damage
     damage, message = CORRUPTIONS[case]
-    damage(folder)
-    with pytest.raises(IndexLoadError, match=message) as info:
-        Retriever.load(folder)
-    assert folder in str(info.value)
+    damage(store.path(INDEX_KIND, v.name))
+    with pytest.raises(ArtifactError, match=message) as info:
+        load(store, v.name)
+    assert v.name in str(info.value)
 
 
-def test_checksums_can_be_skipped_but_sizes_cannot(tmp_path, pristine):
-    folder = str(tmp_path / "v1")
-    shutil.copytree(pristine, folder)
+def test_checksums_can_be_skipped_but_sizes_cannot(store):
+    v = write_index(store)
+    folder = store.path(INDEX_KIND, v.name)
     _flip_byte(os.path.join(folder, "vectors.npy"))
-    assert read_manifest(folder, verify=False)["version"] == "v1"
-    with pytest.raises(IndexLoadError, match="checksum mismatch"):
-        read_manifest(folder)
+    assert store.resolve(INDEX_KIND, v.name, verify=False).name == v.name
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        store.resolve(INDEX_KIND, v.name)
     os.truncate(os.path.join(folder, "vectors.npy"), 10)
-    with pytest.raises(IndexLoadError, match="vectors.npy has 10 bytes"):
-        read_manifest(folder, verify=False)
+    with pytest.raises(ArtifactError, match="vectors.npy has 10 bytes"):
+        store.resolve(INDEX_KIND, v.name, verify=False)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -340,7 +326,7 @@ def built(tmp_path_factory, ray_session):
     from mmray.config import load_config
     from mmray.config.model import ModelConfig
     from mmray.index.build import build_index
-    from mmray.model import build_model, save_checkpoint
+    from mmray.model import build_model
     from mmray.preprocess import run_preprocess
 
     root = tmp_path_factory.mktemp("index_e2e")
@@ -352,11 +338,11 @@ def built(tmp_path_factory, ray_session):
     cfg = load_config(None, [f"data.catalog={root / 'catalog.jsonl'}", f"storage.root={storage}",
                              "data.image_size=64", "index.embed_batch_size=32", "index.embed_concurrency=1"])
     run_preprocess(cfg)
-    models = storage / "models" / "dual_encoder"
-    save_checkpoint(build_model(ModelConfig(kind="tiny", image_size=64, embed_dim=32)), str(models / "v1"))
-    set_current(str(models), "v1")
+    store = ArtifactStore.from_config(cfg.storage)
+    model_version = publish_model(store, build_model(ModelConfig(kind="tiny", image_size=64, embed_dim=32)))
     manifest = build_index(cfg)
-    return {"cfg": cfg, "rows": rows, "storage": storage, "manifest": manifest}
+    return {"cfg": cfg, "rows": rows, "storage": storage, "store": store, "manifest": manifest,
+            "model_version": model_version}
 
 
 @pytest.mark.slow
@@ -364,21 +350,24 @@ def test_build_index_publishes_a_complete_version(built):
     m, rows, storage = built["manifest"], built["rows"], built["storage"]
     indexes = storage / "indexes"
     assert m["path"] == str(indexes / m["version"]) and os.path.isdir(m["path"])
-    assert m["format"] == 1 and m["count"] == 60 and m["dim"] == 32
+    assert m["format"] == 2 and m["kind"] == "indexes" and m["count"] == 60 and m["dim"] == 32
     assert m["products"] == len({r["product_id"] for r in rows})
     assert m["factory"] == "Flat" and m["num_shards"] == 1 and m["shards"] == ["shard_000.faiss"]
-    assert m["model_version"] == "v1" and m["model_path"] == str(storage / "models" / "dual_encoder" / "v1")
+    dataset = built["store"].current("datasets/luma")
+    assert m["model_version"] == built["model_version"]
+    assert m["parents"] == {"model": f"models/dual_encoder/{built['model_version']}", "dataset": f"datasets/luma/{dataset}"}
+    assert m["config"]["data"]["image_size"] == 64  # the config that built it travels with it
     assert m["image_weight"] == 0.5 and m["recall_at_10_self_check"] == 1.0
     assert set(m["timings_s"]) == {"embed", "build"}
     files = set(m["files"])
-    assert {"shard_000.faiss", "vectors.npy", "metadata.parquet", "config.yaml"} <= files
+    assert {"shard_000.faiss", "vectors.npy", "metadata.parquet"} <= files
     assert {f"images/{i}.jpg" for i in range(60)} <= files and any(f.startswith("lexical/") for f in files)
-    on_disk = json.load(open(os.path.join(m["path"], MANIFEST)))
+    on_disk = json.load(open(os.path.join(m["path"], "manifest.json")))
     assert on_disk["version"] == m["version"] and "path" not in on_disk
     assert json.load(open(indexes / "current.json"))["version"] == m["version"]
-    assert sorted(os.listdir(indexes)) == ["current.json", m["version"]]  # no staging folder left
+    assert sorted(os.listdir(indexes)) == ["current.json", m["version"]]  # nothing else left behind
 
-    r = Retriever.load_current(str(indexes))
+    r = Retriever.load_current(built["store"])
     assert r.version == m["version"] and len(r) == 60
     assert [r.item(i)["id"] for i in range(60)] == [row["id"] for row in rows]  # rows keep catalog order
     assert np.allclose(np.linalg.norm(r.vectors, axis=1), 1.0, atol=1e-5)
@@ -391,7 +380,7 @@ def test_search_service_on_the_built_index(built):
     from mmray.search import SearchService
 
     m, rows = built["manifest"], built["rows"]
-    svc = SearchService.load(m["path"], built["cfg"].index)
+    svc = SearchService.load(built["store"].resolve(INDEX_KIND, m["version"]), built["cfg"].index)
     hits = svc.search_text("hoodie", k=5)
     assert len(hits) == 5 and len({h.product_id for h in hits}) == 5
     assert any("lexical" in h.retrievers for h in hits)  # hybrid by default: BM25 finds the hoodies
@@ -421,23 +410,23 @@ def test_search_service_on_the_built_index(built):
 @pytest.mark.slow
 def test_a_build_that_dies_before_its_manifest_leaves_the_old_version_serving(built, monkeypatch):
     import mmray.index.build as build
+    from mmray.storage import artifacts
 
     indexes = built["storage"] / "indexes"
     before = json.load(open(indexes / "current.json"))
-
     seen = {}
 
-    def crash(folder):
-        seen["files"] = sorted(os.listdir(folder))
+    def crash(self, *args, **kwargs):
+        seen["files"] = sorted(os.listdir(self.path()))
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(build, "file_digests", crash)
+    monkeypatch.setattr(artifacts.VersionWriter, "commit", crash)
     with pytest.raises(OSError, match="simulated"):
         build.build_index(built["cfg"])
-    assert "vectors.npy" in seen["files"] and MANIFEST not in seen["files"]  # it got far: only the manifest was missing
+    assert "vectors.npy" in seen["files"] and "manifest.json" not in seen["files"]  # only the manifest was missing
     assert json.load(open(indexes / "current.json")) == before
-    assert not [d for d in os.listdir(indexes) if ".tmp-" in d]  # the half-written folder was removed
-    assert Retriever.load_current(str(indexes)).version == before["version"]
+    assert sorted(os.listdir(indexes)) == ["current.json", before["version"]]  # the half-written folder was removed
+    assert Retriever.load_current(built["store"]).version == before["version"]
 
 
 @pytest.mark.slow
@@ -450,6 +439,7 @@ def test_cli_without_a_model_fails_cleanly(tmp_path, ray_session):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "no trained model" in errors[0] and "jobs.train" in errors[0], proc.stderr[-3000:]
+    assert len(errors) == 1 and "nothing has been published" in errors[0] and "jobs.train" in errors[0], \
+        proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert os.listdir(empty) == []

@@ -11,7 +11,6 @@ import asyncio
 import io
 import json
 import math
-import os
 import select
 import socket
 import threading
@@ -20,7 +19,7 @@ import time
 import httpx
 import pytest
 import yaml
-from conftest import LUMA_CATALOG
+from conftest import LUMA_CATALOG, publish_model
 from PIL import Image
 
 CAP = 2_000_000
@@ -48,8 +47,9 @@ def _rows() -> list[dict]:
 
 
 class App:
-    def __init__(self, base: str, cfg, cfg_path: str, root: str, rows: list[dict], version: str):
+    def __init__(self, base: str, cfg, cfg_path: str, root: str, rows: list[dict], version: str, model_version: str):
         self.base, self.cfg, self.cfg_path, self.root, self.rows, self.version = base, cfg, cfg_path, root, rows, version
+        self.model_version = model_version
         self.port = int(base.rsplit(":", 1)[1])
 
 
@@ -60,9 +60,9 @@ def app(tmp_path_factory, ray_session):
     from deployments.app import build_app
     from mmray.config import ModelConfig, load_config
     from mmray.index.build import build_index
-    from mmray.model import build_model, save_checkpoint
+    from mmray.model import build_model
     from mmray.preprocess import run_preprocess
-    from mmray.storage import set_current
+    from mmray.storage import ArtifactStore
 
     tmp = tmp_path_factory.mktemp("serve")
     root = tmp / "artifacts"
@@ -85,10 +85,8 @@ def app(tmp_path_factory, ray_session):
     cfg = load_config(cfg_path)
 
     report = run_preprocess(cfg)
-    models = os.path.join(str(root), "models", "dual_encoder")
-    save_checkpoint(build_model(ModelConfig(kind="tiny", image_size=64, embed_dim=32), pretrained=False),
-                    os.path.join(models, "v1"))
-    set_current(models, "v1")
+    model_version = publish_model(ArtifactStore.from_config(cfg.storage),
+                  build_model(ModelConfig(kind="tiny", image_size=64, embed_dim=32), pretrained=False))
     manifest = build_index(cfg)
     assert manifest["count"] == len(rows), report
 
@@ -108,7 +106,7 @@ def app(tmp_path_factory, ray_session):
     else:
         serve.shutdown()
         pytest.fail(f"app not ready: {last}")
-    yield App(base, cfg, str(cfg_path), str(root), rows, manifest["version"])
+    yield App(base, cfg, str(cfg_path), str(root), rows, manifest["version"], model_version)
     serve.shutdown()
 
 
@@ -161,9 +159,10 @@ def test_health_ready_and_index_info(app, client):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "index_version": app.version, "model_version": "v1"}
+    assert r.json() == {"status": "ready", "index_version": app.version, "model_version": app.model_version,
+                        "reload_error": None}
     info = client.get("/v1/index").json()
-    assert info["version"] == app.version and info["model_version"] == "v1"
+    assert info["version"] == app.version and info["model_version"] == app.model_version
     assert info["count"] == len(app.rows)
     assert info["products"] == len({r["product_id"] for r in app.rows})
     assert info["loaded_versions"] == [app.version] and info["reload_error"] is None
@@ -295,18 +294,18 @@ def test_similar_excludes_the_product_itself(app, client):
     assert_error(client.get("/v1/products/NO-SUCH-PRODUCT/similar"), 404, "not_found")
 
 
-def test_embed_text_and_image_give_unit_vectors(client):
+def test_embed_text_and_image_give_unit_vectors(app, client):
     r = client.post("/v1/embed", json={"text": "red running jacket"})
     assert r.status_code == 200, r.text
     text = r.json()
-    assert text["dim"] == 32 == len(text["vector"]) and text["model_version"] == "v1"
+    assert text["dim"] == 32 == len(text["vector"]) and text["model_version"] == app.model_version
     assert math.isclose(math.sqrt(sum(x * x for x in text["vector"])), 1.0, abs_tol=1e-4)
     again = client.post("/v1/embed", json={"text": "red running jacket"}).json()
     assert again["vector"] == pytest.approx(text["vector"], abs=1e-5)
     r = upload(client, "/v1/embed", SHIPPED_IMAGE.read_bytes())
     assert r.status_code == 200, r.text
     image = r.json()
-    assert image["dim"] == 32 == len(image["vector"]) and image["model_version"] == "v1"
+    assert image["dim"] == 32 == len(image["vector"]) and image["model_version"] == app.model_version
     assert math.isclose(math.sqrt(sum(x * x for x in image["vector"])), 1.0, abs_tol=1e-4)
     assert image["vector"] != pytest.approx(text["vector"], abs=1e-3)
 
@@ -618,3 +617,57 @@ def test_schemathesis_finds_no_server_errors(app):
     for label in ("POST /v1/search", "POST /v1/search/image", "GET /v1/products/{product_id}/similar"):
         assert calls.get((label, "positive"), 0) >= 5 and calls.get((label, "negative"), 0) >= 5, (label, calls)
     assert calls.get(("GET /v1/products/{product_id}", "positive"), 0) >= 5, calls
+
+
+# --------------------------------------------------------------------------- broken versions
+
+
+def _wait_for(client, predicate, timeout_s: float = 20.0) -> dict:
+    deadline, body = time.time() + timeout_s, None
+    while time.time() < deadline:
+        body = client.get("/readyz").json()
+        if predicate(body):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"/readyz never got there: {body}")
+
+
+def test_a_broken_pointer_or_corrupt_version_keeps_the_loaded_index_serving(app, client):
+    import shutil
+
+    from mmray.storage import INDEX_KIND, ArtifactStore, new_version
+
+    store = ArtifactStore.from_config(app.cfg.storage)
+    serving = client.get("/v1/index").json()["version"]
+    pointer = store.path(INDEX_KIND, "current.json")
+    original = open(pointer, "rb").read()
+    try:
+        for bad, why in ((b"", "empty"), (b"{oops", "not JSON"), (b'{"version": "../../../etc"}', "not a version")):
+            open(pointer, "wb").write(bad)
+            body = _wait_for(client, lambda b, why=why: why in (b.get("reload_error") or ""))
+            assert body["status"] == "ready" and body["index_version"] == serving
+            assert app.root not in json.dumps(body)  # no absolute paths shown to clients
+            assert search(client, query="jacket", k=3)["index_version"] == serving
+
+        # A complete-looking version with one flipped byte: refused by hash, retried with back-off.
+        bad_version = new_version()
+        shutil.copytree(store.path(INDEX_KIND, serving), store.path(INDEX_KIND, bad_version))
+        manifest_path = store.path(INDEX_KIND, bad_version, "manifest.json")
+        manifest = json.load(open(manifest_path)) | {"version": bad_version}
+        json.dump(manifest, open(manifest_path, "w"))
+        vectors = store.path(INDEX_KIND, bad_version, "vectors.npy")
+        data = bytearray(open(vectors, "rb").read())
+        data[-1] ^= 0x01
+        open(vectors, "wb").write(bytes(data))
+        open(pointer, "wb").write(json.dumps({"version": bad_version}).encode())
+        body = _wait_for(client, lambda b: "SHA-256" in (b.get("reload_error") or ""))
+        assert body["index_version"] == serving and bad_version in body["reload_error"]
+        first = float(body["reload_error"].rsplit("next try in ", 1)[1].split(" ")[0])
+        later = _wait_for(client, lambda b: float((b.get("reload_error") or "next try in 0 s").rsplit(
+            "next try in ", 1)[1].split(" ")[0]) >= 4 * max(first, 1), timeout_s=30)
+        assert later["index_version"] == serving  # backing off, never serving the corrupt version
+        assert search(client, query="jacket", k=3)["index_version"] == serving
+    finally:
+        open(pointer, "wb").write(original)
+    body = _wait_for(client, lambda b: b.get("reload_error") is None)
+    assert body["index_version"] == serving

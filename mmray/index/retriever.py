@@ -6,7 +6,6 @@ brute force over the matching rows, so k results come back whenever k matching i
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -17,13 +16,11 @@ import pyarrow.parquet as pq
 from mmray.index.ann import exact_search, load_ann
 from mmray.index.filters import SearchFilters
 from mmray.index.lexical import LexicalIndex
-from mmray.storage import current_path, file_sha256
-
-MANIFEST = "manifest.json"
+from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore, Version
 
 
-class IndexLoadError(Exception):
-    """An index folder that is missing, half-written or corrupt."""
+class IndexLoadError(ArtifactError):
+    """An index version that is missing, half-written, corrupt or inconsistent."""
 
 
 @dataclass
@@ -37,39 +34,6 @@ class Hit:
     retrievers: list[str] = field(default_factory=list)
     image: str = ""
     variants: int = 1  # items of this product that pass the filters (when collapsed)
-
-
-def read_manifest(folder: str, verify: bool = True) -> dict:
-    """The manifest of a complete index, after checking every listed file; IndexLoadError otherwise."""
-    path = os.path.join(folder, MANIFEST)
-    if not os.path.isdir(folder):
-        raise IndexLoadError(f"index folder does not exist: {folder}")
-    if not os.path.exists(path):
-        raise IndexLoadError(f"index {folder} is incomplete: no {MANIFEST} (half-written or not an index)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-        str(manifest["version"])
-        files = {str(rel): {"bytes": int(info["bytes"]), "sha256": str(info["sha256"])}
-                 for rel, info in manifest["files"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as e:  # ValueError: bad JSON or UTF-8
-        raise IndexLoadError(f"index {folder} has an unreadable manifest: {type(e).__name__}: {e}") from None
-    for rel, info in files.items():
-        p = os.path.join(folder, rel)
-        if not os.path.exists(p):
-            raise IndexLoadError(f"index {folder} is missing {rel}")
-        if os.path.getsize(p) != info["bytes"]:
-            raise IndexLoadError(f"index {folder}: {rel} has {os.path.getsize(p)} bytes, manifest says {info['bytes']}")
-        if verify and file_sha256(p) != info["sha256"]:
-            raise IndexLoadError(f"index {folder}: {rel} is corrupt (checksum mismatch)")
-    return manifest
-
-
-def current_index(root: str) -> str:
-    folder = current_path(root)
-    if folder is None:
-        raise IndexLoadError(f"no index has been published under {root}: run `python -m jobs.build_index`")
-    return folder
 
 
 class Retriever:
@@ -86,28 +50,40 @@ class Retriever:
             self.rows_of_product.setdefault(pid, []).append(row)
 
     @classmethod
-    def load(cls, folder: str, nprobe: int = 32, ef_search: int = 128, rrf_k: int = 60) -> "Retriever":
-        manifest = read_manifest(folder)
+    def load(cls, version: Version, nprobe: int = 32, ef_search: int = 128, rrf_k: int = 60) -> Retriever:
+        """A published index version (files already verified by the store), from a local copy."""
+        return cls.from_folder(version.local_dir(), version.manifest, nprobe, ef_search, rrf_k)
+
+    @classmethod
+    def load_current(cls, store: ArtifactStore, **kwargs) -> Retriever:
+        try:
+            version = store.resolve(INDEX_KIND, hint="run `python -m jobs.build_index`")
+        except ArtifactError as e:
+            raise IndexLoadError(str(e)) from None
+        return cls.load(version, **kwargs)
+
+    @classmethod
+    def from_folder(cls, folder: str, manifest: dict, nprobe: int = 32, ef_search: int = 128,
+                    rrf_k: int = 60) -> Retriever:
+        """Load the files of a local index folder that `manifest` describes (checked by its writer
+        or by the store that copied it here)."""
+        where = f"index {manifest.get('version', folder)}"
         try:
             ann = load_ann([os.path.join(folder, s) for s in manifest["shards"]], nprobe, ef_search)
             vectors = np.load(os.path.join(folder, "vectors.npy"))
             table = pq.read_table(os.path.join(folder, "metadata.parquet")).to_pydict()
             lexical = LexicalIndex.load(os.path.join(folder, "lexical"))
         except Exception as e:  # noqa: BLE001 - any read failure means the same thing to the caller
-            raise IndexLoadError(f"index {folder} cannot be loaded: {type(e).__name__}: {e}") from None
+            raise IndexLoadError(f"{where} cannot be loaded: {type(e).__name__}: {e}") from None
         if ann.ntotal != len(vectors) or len(vectors) != len(table["id"]):
-            raise IndexLoadError(f"index {folder} is inconsistent: {ann.ntotal} vectors in FAISS, "
-                              f"{len(vectors)} stored, {len(table['id'])} metadata rows")
+            raise IndexLoadError(f"{where} is inconsistent: {ann.ntotal} vectors in FAISS, "
+                                 f"{len(vectors)} stored, {len(table['id'])} metadata rows")
         meta = {k: np.array(v, dtype=object) for k, v in table.items()}
         meta["price"] = np.array([np.nan if p is None else p for p in table["price"]], dtype=np.float64)
         meta["available"] = np.array(table["available"], dtype=bool)
         for col in ("category", "gender", "color"):
             meta[f"{col}_lc"] = np.array([(v or "").lower() for v in table[col]], dtype=object)
         return cls(folder, manifest, ann, vectors, meta, lexical, rrf_k)
-
-    @classmethod
-    def load_current(cls, root: str, **kwargs) -> "Retriever":
-        return cls.load(current_index(root), **kwargs)
 
     def __len__(self) -> int:
         return len(self.vectors)

@@ -3,8 +3,9 @@ when the towers are locked.
 
 With both towers locked (the lite default, LiT-style), tower outputs never change, so each
 training image is encoded once in `views` augmented versions and each caption once; the Ray
-Train loop then trains only the projections on those features. The cache is a Parquet folder
-keyed by everything that determines it, so reruns and tuning trials reuse it.
+Train loop then trains only the projections on those features. The cache is an artifact kind
+(`cache/features/<key>`) keyed by everything that determines it, the dataset version included,
+and published like any other version: a rerun after a crash starts a fresh one, never appends.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from mmray.config import MmrayConfig, ModelConfig
+from mmray.storage import ArtifactStore, Version, dataset_kind, feature_cache_kind
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +29,20 @@ ITEM_COLUMNS = ["id", "product_id", "group", "title", "description", "category",
                 "price", "split", "captions", "text", "images"]
 
 
-def items_dir(cfg: MmrayConfig) -> str:
-    return cfg.storage.path("datasets", cfg.data.name, "items")
+def current_dataset(cfg: MmrayConfig) -> Version:
+    """The current version of dataset `data.name`, its files verified."""
+    store = ArtifactStore.from_config(cfg.storage)
+    return store.resolve(dataset_kind(cfg.data.name), hint="run `python -m jobs.preprocess` first")
 
 
-def load_items(path: str, split: str | None = None, columns: list[str] | None = None) -> list[dict]:
+def item_paths(dataset: Version) -> list[str]:
+    """The item shards the dataset's manifest lists (paths inside `dataset.store.fs`)."""
+    return [dataset.path(rel) for rel in dataset.listing("items/")]
+
+
+def load_items(dataset: Version, split: str | None = None, columns: list[str] | None = None) -> list[dict]:
     """Preprocessed items as dicts (driver side; the shipped catalog is small)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no preprocessed dataset at {path}: run `python -m jobs.preprocess` first")
-    table = pq.read_table(path, columns=columns or ITEM_COLUMNS)
+    table = pq.read_table(item_paths(dataset), filesystem=dataset.store.fs, columns=columns or ITEM_COLUMNS)
     rows = table.to_pylist()
     return [r for r in rows if split is None or r["split"] == split]
 
@@ -85,30 +92,35 @@ def _pad(captions: list[str], n: int) -> list[str]:
     return [captions[i % len(captions)] for i in range(n)]
 
 
-def cache_key(cfg: MmrayConfig, views: int) -> str:
-    dataset = cfg.storage.path("datasets", cfg.data.name, "report.json")
-    stamp = os.path.getmtime(dataset) if os.path.exists(dataset) else 0
+def cache_key(cfg: MmrayConfig, dataset: Version, views: int) -> str:
     towers = cfg.model.model_dump(include={"kind", "image_size", "max_text_tokens", "open_clip_model",
                                            "open_clip_pretrained"})
-    blob = json.dumps([towers, views, cfg.data.caption.num_variants, stamp, cfg.train.seed], sort_keys=True)
+    blob = json.dumps([towers, views, cfg.data.caption.num_variants, dataset.ref, cfg.train.seed], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def train_dataset(cfg: MmrayConfig, cached: bool, views: int = 3):
+def train_dataset(cfg: MmrayConfig, dataset: Version, cached: bool, views: int = 3):
     """The Ray Dataset the workers stream: cached features, or raw (image, captions, group) rows."""
     import ray
 
+    store = dataset.store
     # Materialised before the actor stage: actors holding every CPU would starve the read tasks.
-    rows = (ray.data.read_parquet(items_dir(cfg), columns=["group", "images", "captions", "split"])
+    rows = (ray.data.read_parquet(item_paths(dataset), filesystem=store.fs,
+                                  columns=["group", "images", "captions", "split"])
             .filter(expr="split == 'train'").map_batches(explode_images, batch_format="numpy")
             .repartition(target_num_rows_per_block=32)).materialize()
     if not cached:
         return rows
-    folder = cfg.storage.path("cache", "features", cache_key(cfg, views))
-    if not os.path.exists(os.path.join(folder, "_SUCCESS")):
-        log.info("caching tower features (%d views per image) -> %s", views, folder)
-        rows.map_batches(FeatureEncoder, batch_size=32, batch_format="numpy",
-                         fn_constructor_args=(cfg.model, views, cfg.data.caption.num_variants, cfg.train.seed),
-                         compute=ray.data.ActorPoolStrategy(size=max(1, cfg.train.num_workers))).write_parquet(folder)
-        open(os.path.join(folder, "_SUCCESS"), "w").close()
-    return ray.data.read_parquet(folder).materialize()
+    kind = feature_cache_kind(cache_key(cfg, dataset, views))
+    cache = store.resolve(kind) if store.current(kind) else None
+    if cache is None:
+        with store.begin(kind, config={"model": cfg.model.model_dump(mode="json"), "views": views},
+                         parents={"dataset": dataset.ref}) as writer:
+            log.info("caching tower features (%d views per image) -> %s", views, writer.uri())
+            rows.map_batches(FeatureEncoder, batch_size=32, batch_format="numpy",
+                             fn_constructor_args=(cfg.model, views, cfg.data.caption.num_variants, cfg.train.seed),
+                             compute=ray.data.ActorPoolStrategy(size=max(1, cfg.train.num_workers))
+                             ).write_parquet(writer.path("features"), filesystem=store.fs)
+            cache = writer.commit()
+    paths = [cache.path(rel) for rel in cache.listing("features/")]
+    return ray.data.read_parquet(paths, filesystem=store.fs).materialize()

@@ -12,7 +12,8 @@ import logging
 from mmray.config import MmrayConfig
 from mmray.embedder import Embedder
 from mmray.model import build_model
-from mmray.training.data import items_dir, load_items, train_dataset
+from mmray.storage import ArtifactStore
+from mmray.training.data import current_dataset, load_items, train_dataset
 from mmray.training.evaluate import build_eval_inputs, evaluate
 from mmray.training.loop import TrainState, run_epoch
 
@@ -46,14 +47,16 @@ def run_sweep(cfg: MmrayConfig, lrs: list[float], temperatures: list[float], unl
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    store = ArtifactStore.from_config(cfg.storage)
+    dataset = current_dataset(cfg)
     model0 = build_model(cfg.model)
-    test_items = load_items(items_dir(cfg), split="test")
+    test_items = load_items(dataset, split="test")
     datasets, evals = {}, {}
     if 0 in unlocked:
-        datasets["cached"] = train_dataset(cfg, cached=True)
+        datasets["cached"] = train_dataset(cfg, dataset, cached=True)
         evals["cached"] = build_eval_inputs(test_items, Embedder(model0), cfg.index.image_weight)
     if any(u > 0 for u in unlocked):
-        datasets["raw"] = train_dataset(cfg, cached=False)
+        datasets["raw"] = train_dataset(cfg, dataset, cached=False)
         evals["raw"] = build_eval_inputs(test_items, None, cfg.index.image_weight)
     space = {"lr": tune.grid_search(lrs), "init_temperature": tune.grid_search(temperatures),
              "unlocked_image_blocks": tune.grid_search(unlocked)}
@@ -66,11 +69,6 @@ def run_sweep(cfg: MmrayConfig, lrs: list[float], temperatures: list[float], unl
                        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
                                                    max_concurrent_trials=max_concurrent),
                        run_config=tune.RunConfig(name="tune-dual_encoder", verbose=0,
-                                                 storage_path=_abs(cfg.storage.path("ray_results"))))
+                                                 storage_path=store.path("ray_results"), storage_filesystem=store.fs))
     return tuner.fit()
 
-
-def _abs(path: str) -> str:
-    import os
-
-    return path if "://" in path else os.path.abspath(path)
