@@ -12,8 +12,10 @@ What runs, in order (every phase is bounded in requests AND wall time):
                  num_cpus is 1 -> OMP_NUM_THREADS=1; the Retriever's 0.25 CPU also gets 1).
   2. Serve       a private local Ray (ray.init(address="local", num_cpus=--cpus), own temp dir,
                  no dashboard) + serve.start on 127.0.0.1 and a free port (never 8000, where a
-                 demo may be running) + serve.run(build_app({"config": ...}), route_prefix="/");
-                 waits for /readyz (which also loads the model into the Embedder).
+                 demo may be running) + serve.run(build_app({"config": ...}), route_prefix="/"),
+                 the app's Embedder being `unbatched_embedder()` (the library's EmbedderDeployment
+                 plus the phase-4 baseline method, same options); waits for /readyz (which also
+                 loads the model into the Embedder).
   3. HTTP load   a SEPARATE PROCESS (`python -m benchmarks.serve --loadgen`, a child of this one)
                  with httpx.AsyncClient: closed loop, c workers each sending its next request when
                  the previous answer is read. Per level: max(c, 5) untimed warm-up requests, then at most
@@ -25,10 +27,11 @@ What runs, in order (every phase is bounded in requests AND wall time):
                  image route (multipart, catalog photos) at c=32: the route always takes the
                  batched path.
   4. batch on/off EmbedderDeployment.embed_image (@serve.batch, max batch serve.embed_max_batch,
-                 wait serve.embed_batch_wait_s) vs embed_image_unbatched (one image per call),
-                 called through DeploymentHandles from this process (not HTTP: the route has no
-                 unbatched switch), at c=1 and c=32, same images and bounds. Note the unbatched
-                 method runs each call in asyncio.to_thread, so concurrent calls overlap on threads.
+                 wait serve.embed_batch_wait_s) vs embed_image_unbatched (one image per call, a
+                 method only this benchmark's subclass has), called through DeploymentHandles
+                 from this process (not HTTP: the route has no unbatched switch), at c=1 and
+                 c=32, same images and bounds. Note the unbatched method runs each call in
+                 asyncio.to_thread, so concurrent calls overlap on threads.
 
 "own cores" is CPU used by this process tree (driver, Ray, the replicas, the load process) per
 wall second; "other cores" is what the rest of the machine used meanwhile. When "other" is not
@@ -54,6 +57,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 from benchmarks.common import CpuMeter, machine_lines
 
@@ -240,6 +244,20 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def unbatched_embedder():
+    """The library's EmbedderDeployment plus `embed_image_unbatched` (one image per call, the
+    baseline for @serve.batch), under the same deployment name; the library has no such method."""
+    from ray import serve
+
+    from deployments.replicas import EmbedderDeployment
+
+    class UnbatchedEmbedder(EmbedderDeployment.func_or_class):
+        async def embed_image_unbatched(self, image: bytes, model_ref: str):
+            return await asyncio.to_thread(lambda: self._model(model_ref).embed_images([image])[0])
+
+    return serve.deployment(UnbatchedEmbedder, name=EmbedderDeployment.name)
+
+
 def wait_ready(base: str, timeout_s: float) -> dict:
     import httpx
 
@@ -385,12 +403,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmray.config import load_config
     from mmray.search import SearchService
-    from mmray.storage import current_path
+    from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore
 
     cfg = load_config(args.config)
-    index_folder = current_path(os.path.abspath(cfg.storage.path("indexes")))
-    if index_folder is None or not os.path.isdir(index_folder):
-        print(f"error: no published index under {cfg.storage.path('indexes')} (build one first)", file=sys.stderr)
+    try:
+        index_version = ArtifactStore.from_config(cfg.storage).resolve(INDEX_KIND, hint="build one first")
+    except ArtifactError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     queries = search_queries()
     info = machine_info(cfg, args)
@@ -401,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[{time.perf_counter() - t_start:5.0f}s] in-process SearchService ...", file=sys.stderr, flush=True)
     torch.set_num_threads(args.torch_threads)
     faiss.omp_set_num_threads(args.torch_threads)
-    svc = SearchService.load(index_folder, cfg.index)
+    svc = SearchService.load(index_version, cfg.index)
     results["inproc"] = [inprocess(svc, queries, 1, args.inproc_requests, args.cap_s),
                          inprocess(svc, queries, 8, args.inproc_requests * 2, args.cap_s)]
     check_queries = queries[:5]
@@ -413,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from deployments.app import build_app
+    import deployments.app
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -425,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         serve.start(http_options={"host": "127.0.0.1", "port": port,
                                   "request_timeout_s": cfg.serve.request_timeout_s * 2})
         t0 = time.perf_counter()
-        serve.run(build_app({"config": args.config}), name=APP_NAME, route_prefix="/")
+        with mock.patch.object(deployments.app, "EmbedderDeployment", unbatched_embedder()):
+            app = deployments.app.build_app({"config": args.config})  # the app's own graph and options
+        serve.run(app, name=APP_NAME, route_prefix="/")
         ready = wait_ready(base, args.ready_timeout_s)
         results["startup_s"] = round(time.perf_counter() - t0, 1)
         got = []
@@ -451,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         embedder = serve.get_deployment_handle("EmbedderDeployment", app_name=APP_NAME)
         retriever = serve.get_deployment_handle("RetrieverDeployment", app_name=APP_NAME)
-        model_path = retriever.info.remote().result()["model_path"]
+        model_path = retriever.info.remote().result()["model"]
         images = catalog_images(args.embed_requests)
 
         async def batch_runs():

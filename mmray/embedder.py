@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 
 from mmray.images import to_rgb
+from mmray.model import unwrap_model
 
 
 class Embedder:
     """Batch text/image embedding with one model in eval mode, no gradients."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int = 64, text_max_tokens: int | None = None):
-        self.model = getattr(model, "module", model).eval()  # callers that train restore their mode
+        self.model = unwrap_model(model).eval()  # callers that train restore their mode
         self.batch_size = batch_size
         self.text_max_tokens = text_max_tokens
         self.transform = self.model.image_transform(train=False)

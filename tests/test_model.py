@@ -1,16 +1,20 @@
-"""build_model (tiny, lite, open_clip), encoders, checkpoints and the EfficientNet-Lite0 weight mapping."""
+"""build_model (tiny, lite, open_clip), seeding, encoders, checkpoints, the package's import
+direction and the EfficientNet-Lite0 weight mapping."""
 from __future__ import annotations
 
+import ast
 import json
+import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from mmray.config import ModelConfig
-from mmray.model import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from mmray.model.dual_encoder import CONFIG_FILE, WEIGHTS_FILE, trainable_state
+from mmray.model import CheckpointError, build_model, load_checkpoint, save_checkpoint, unwrap_model
+from mmray.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, trainable_state
 
 TEXTS = ["a blue jacket for women", "black bag made of nylon", "hoodie"]
 
@@ -92,6 +96,68 @@ def test_load_checkpoint_lacking_tensors_raises(tmp_path):
     torch.save(payload, tmp_path / WEIGHTS_FILE)
     with pytest.raises(CheckpointError, match="lacks"):
         load_checkpoint(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+@pytest.mark.parametrize("kind", ["tiny", "lite"])
+def test_build_and_load_leave_the_global_rng_alone(kind, tmp_path):
+    cfg = ModelConfig(kind=kind, embed_dim=8, image_size=32)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    model = build_model(cfg, seed=5)  # lite: timm and transformers initialise from the global RNG
+    save_checkpoint(model, str(tmp_path))
+    load_checkpoint(str(tmp_path))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_seed_alone_decides_the_initial_weights():
+    cfg = ModelConfig(kind="tiny", embed_dim=8, image_size=32)
+    torch.manual_seed(0)
+    a = build_model(cfg, seed=3)
+    torch.manual_seed(99)  # whatever the global RNG holds
+    b, c = build_model(cfg, seed=3), build_model(cfg, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    for name in sa:  # projections and the from-scratch tiny towers alike
+        torch.testing.assert_close(sb[name], sa[name], rtol=0, atol=0, msg=name)
+    for name in ("image_proj.weight", "text_proj.weight", "image_tower.net.0.weight", "text_tower.embed.weight"):
+        assert not torch.equal(sa[name], sc[name]), name
+    # nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    w = a.image_proj.weight
+    assert w.abs().max() <= 1 / math.sqrt(w.shape[1]) and w.std() > 0.4 / math.sqrt(w.shape[1])
+
+
+def test_unwrap_model_and_checkpoint_of_a_wrapped_model(tmp_path):
+    model = build_model(ModelConfig(kind="tiny", embed_dim=8, image_size=32))
+    wrapped = nn.DataParallel(model)
+    assert unwrap_model(wrapped) is model and unwrap_model(model) is model
+    save_checkpoint(wrapped, str(tmp_path))
+    state = torch.load(tmp_path / WEIGHTS_FILE, weights_only=True)["state"]
+    assert "image_proj.weight" in state and not any(k.startswith("module.") for k in state)
+
+
+def test_model_package_imports_point_one_way():
+    """No module of mmray.model imports one that (directly or not) imports it back."""
+    folder = Path(__file__).resolve().parents[1] / "mmray" / "model"
+    deps = {}
+    for path in folder.glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mmray.model."):
+                names.add(node.module.rsplit(".", 1)[1])
+            elif isinstance(node, ast.Import):
+                names |= {a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("mmray.model.")}
+        deps[path.stem] = names
+
+    def reaches(start: str, target: str, seen: set) -> bool:
+        return any(d == target or (d not in seen and reaches(d, target, seen | {d})) for d in deps.get(start, ()))
+
+    assert {"factory", "checkpoint", "dual_encoder", "transforms"} <= set(deps)
+    assert [m for m in deps if reaches(m, m, set())] == []
+    assert deps["transforms"] == set() and "factory" not in deps["dual_encoder"] | deps["open_clip_model"]
 
 
 # --------------------------------------------------------------------------- lite (packaged weights)

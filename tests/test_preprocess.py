@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from conftest import (
@@ -25,7 +26,7 @@ from conftest import (
 from PIL import Image
 
 from mmray.catalog import normalize_row
-from mmray.config import DataConfig, load_config
+from mmray.config import DataConfig, MmrayConfig, load_config
 from mmray.preprocess import (
     ITEM_SCHEMA,
     _write_parquet,
@@ -36,6 +37,7 @@ from mmray.preprocess import (
     process_images,
     run_preprocess,
 )
+from mmray.storage import ArtifactStore
 
 
 def config(tmp_path, catalog, *overrides: str):
@@ -134,7 +136,7 @@ def test_process_block_writes_its_ok_rows_as_one_shard(tmp_path):
     ])
     cfg = DataConfig()
     records = parse_file(str(path), 2, cfg)
-    small = process_block(records, cfg, str(tmp_path), {}, str(tmp_path / "items"))
+    small = process_block(records, cfg, str(tmp_path), {}, ArtifactStore(str(tmp_path)), str(tmp_path / "items"))
     shard = str(tmp_path / "items" / f"part-{(2 << 32) | 1:016x}.parquet")
     assert "images" not in small.column_names
     assert small.select(["id", "status", "reason", "shard"]).to_pylist() == [
@@ -150,7 +152,7 @@ def test_process_block_writes_its_ok_rows_as_one_shard(tmp_path):
 def test_write_parquet_stores_image_bytes_plain_and_the_rest_compressed(tmp_path):
     table = pa.table({"id": ["a", "b"], "captions": [["x", "y"], ["z"]],
                       "images": [[jpeg_bytes(20, 20)], [jpeg_bytes(30, 10, seed=2)]]})
-    _write_parquet(str(tmp_path / "sub" / "t.parquet"), table, raw_columns=("images",))
+    _write_parquet(pafs.LocalFileSystem(), str(tmp_path / "sub" / "t.parquet"), table, raw_columns=("images",))
     assert pq.read_table(tmp_path / "sub" / "t.parquet").equals(table)
     meta = pq.ParquetFile(tmp_path / "sub" / "t.parquet").metadata.row_group(0)
     codecs = {meta.column(i).path_in_schema: meta.column(i).compression for i in range(meta.num_columns)}
@@ -160,11 +162,19 @@ def test_write_parquet_stores_image_bytes_plain_and_the_rest_compressed(tmp_path
 # --------------------------------------------------------------------------- the pipeline
 
 
+def dataset_dir(tmp_path, name: str = "luma"):
+    """The folder of the current version of dataset `name` under the test's storage root."""
+    from mmray.storage import dataset_kind
+
+    store = ArtifactStore(str(tmp_path / "art"))
+    return tmp_path / "art" / "datasets" / name / store.current(dataset_kind(name))
+
+
 @pytest.mark.slow
 def test_shipped_catalog_end_to_end(tmp_path, ray_session):
     cfg = config(tmp_path, LUMA_CATALOG)
     report = run_preprocess(cfg)
-    out = tmp_path / "art" / "datasets" / "luma"
+    out = dataset_dir(tmp_path)
     assert report["rows_in"] == 469 and report["rows_out"] == 469 and report["rows_quarantined"] == 0
     assert report["quarantined_by_reason"] == {} and report["duplicate_ids"] == 0
     catalog = luma_rows()
@@ -173,8 +183,10 @@ def test_shipped_catalog_end_to_end(tmp_path, ray_session):
     assert report["output"] == str(out)
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     assert read_jsonl(out / "quarantine.jsonl") == []
-    assert load_config(out / "config.yaml") == cfg
-    assert sorted(os.listdir(out.parent)) == ["luma"]  # the staging folder was moved into place
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert MmrayConfig.model_validate(manifest["config"]) == cfg  # the version carries the config that made it
+    assert set(manifest["files"]) == {"report.json", "quarantine.jsonl", *(f"items/{p}" for p in os.listdir(out / "items"))}
+    assert sorted(os.listdir(out.parent)) == sorted(["current.json", out.name])
 
     items = pq.read_table(out / "items").to_pylist()
     assert sorted(r["id"] for r in items) == sorted(r["id"] for r in catalog)
@@ -265,7 +277,7 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path, ray_session, bad_images
     catalog = write_jsonl(tmp_path / "catalog.jsonl", lines)
     cfg = config(tmp_path, catalog, "data.name=bad", "data.max_image_bytes=200000")
     report = run_preprocess(cfg)
-    out = tmp_path / "art" / "datasets" / "bad"
+    out = dataset_dir(tmp_path, "bad")
 
     assert report["rows_in"] == 21
     assert report["rows_out"] == 6
@@ -318,7 +330,7 @@ def test_unknown_columns_quarantined_when_configured(tmp_path, ray_session):
     assert (report["rows_in"], report["rows_out"], report["rows_quarantined"]) == (2, 1, 1)
     assert report["quarantined_by_reason"] == {"unknown_columns": 1}
     assert report["unknown_columns"] == {}
-    (q,) = read_jsonl(tmp_path / "art" / "datasets" / "luma" / "quarantine.jsonl")
+    (q,) = read_jsonl(dataset_dir(tmp_path) / "quarantine.jsonl")
     assert q["id"] == good[1]["id"] and q["reason"] == "unknown_columns"
     assert "aisle" in q["detail"] and "warehouse" in q["detail"]
 
@@ -333,9 +345,9 @@ def test_folder_of_jsonl_parquet_and_csv(tmp_path, ray_session):
     write_csv(folder / "c.csv", rows[4:])
     report = run_preprocess(config(tmp_path, folder, "data.rows_per_shard=2"))
     assert report["files"] == 3 and report["shards"] == 3
-    assert len(os.listdir(tmp_path / "art" / "datasets" / "luma" / "items")) == 3
+    assert len(os.listdir(dataset_dir(tmp_path) / "items")) == 3
     assert (report["rows_in"], report["rows_out"], report["rows_quarantined"]) == (6, 6, 0)
-    items = {r["id"]: r for r in pq.read_table(tmp_path / "art" / "datasets" / "luma" / "items").to_pylist()}
+    items = {r["id"]: r for r in pq.read_table(dataset_dir(tmp_path) / "items").to_pylist()}
     cfg = DataConfig()
     for row in rows:
         ref = normalize_row(row, cfg)
@@ -358,20 +370,21 @@ def test_image_progress_is_logged_per_finished_block(ray_session, caplog):
 
 
 @pytest.mark.slow
-def test_failed_run_leaves_no_staging_folder_and_keeps_the_previous_output(tmp_path, ray_session, monkeypatch):
+def test_failed_run_leaves_no_half_written_version_and_keeps_the_previous_one(tmp_path, ray_session, monkeypatch):
     rows = luma_rows(3)
     copy_luma_images(rows, tmp_path)
     cfg = config(tmp_path, write_jsonl(tmp_path / "catalog.jsonl", rows))
     first = run_preprocess(cfg)
-    out = tmp_path / "art" / "datasets" / "luma"
+    out = dataset_dir(tmp_path)
     before = {p.name: p.read_bytes() for p in (out / "items").iterdir()}
 
     import mmray.preprocess
 
-    monkeypatch.setattr(mmray.preprocess, "_count_rows", lambda uris: -1)  # the shard check fails
+    monkeypatch.setattr(mmray.preprocess, "_count_rows", lambda fs, paths: -1)  # the shard check fails
     with pytest.raises(RuntimeError, match="the item shards hold -1 rows, expected 3"):
         run_preprocess(cfg)
-    assert sorted(os.listdir(out.parent)) == ["luma"]  # no .tmp-* folder left behind
+    assert dataset_dir(tmp_path) == out
+    assert sorted(os.listdir(out.parent)) == sorted(["current.json", out.name])  # the failed version was removed
     assert {p.name: p.read_bytes() for p in (out / "items").iterdir()} == before
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(first))
 

@@ -2,8 +2,11 @@
 checkpoints that rebuild the model, and resume after a worker dies."""
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from conftest import LUMA_CATALOG
 from mmray.config import load_config
 from mmray.embedder import Embedder
 from mmray.model import load_checkpoint
-from mmray.training.data import items_dir, load_items
+from mmray.training.data import current_dataset, load_items
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ def test_two_worker_tiny_run_publishes_a_loadable_model(small_storage):
     # again reproduces the metrics recorded at the last epoch.
     model, extra = load_checkpoint(folder)
     assert extra["epoch"] == 2 and extra["step"] == summary["history"][-1]["step"] > 0
-    test_items = load_items(items_dir(cfg), split="test")
+    test_items = load_items(current_dataset(cfg), split="test")
     from mmray.training.evaluate import build_eval_inputs, evaluate
 
     again = evaluate(model, build_eval_inputs(test_items, None, cfg.index.image_weight))
@@ -69,11 +72,33 @@ def test_two_worker_tiny_run_publishes_a_loadable_model(small_storage):
     assert vecs.shape == (2, 32) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(small_storage):
+def kill_rank0_once(*, epoch: int, rank: int, metrics: dict, at_epoch: int, marker: str) -> None:
+    """epoch_callback: the first time only (`marker` absent), rank 0 dies after reporting `at_epoch`.
+
+    The wait lets the controller register that report's checkpoint first (it polls), as it
+    would have for any worker that dies some time after reporting."""
+    if rank != 0 or epoch != at_epoch or os.path.exists(marker):
+        return
+    open(marker, "w").close()
+    time.sleep(3)
+    os._exit(1)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(small_storage, tmp_path):
+    import ray.cloudpickle
+
     from mmray.training.trainer import run_training
 
     cfg = tiny_config(small_storage, "train.epochs=3", "train.max_failures=1")
-    summary = run_training(cfg, fail_at_epoch=2)  # rank 0 exits during epoch 2 of the first attempt
+    marker = tmp_path / "killed"
+    kill = functools.partial(kill_rank0_once, at_epoch=1, marker=str(marker))
+    this_module = sys.modules[__name__]
+    ray.cloudpickle.register_pickle_by_value(this_module)  # Ray's workers cannot import a test module
+    try:
+        summary = run_training(cfg, epoch_callback=kill)  # rank 0 exits after epoch 1 of the first attempt
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(this_module)
+    assert marker.exists()
     epochs = [h["epoch"] for h in summary["history"]]
     assert epochs == [1, 2, 3]  # epoch 1 from the first attempt, 2-3 after the restart
     assert summary["history"][0]["resumed_from_epoch"] == 0
@@ -95,7 +120,7 @@ def test_tiny_loss_decreases_without_ray(small_storage):
     from mmray.training.loop import TrainState, run_epoch
 
     cfg = tiny_config(small_storage, "train.num_workers=1", "train.epochs=6")
-    items = [r for r in load_items(items_dir(cfg)) if r["split"] == "train"]
+    items = [r for r in load_items(current_dataset(cfg)) if r["split"] == "train"]
     batch = explode_images({"group": np.array([r["group"] for r in items], dtype=object),
                             "images": np.array([r["images"] for r in items], dtype=object),
                             "captions": np.array([r["captions"] for r in items], dtype=object)})
@@ -115,7 +140,7 @@ def test_bf16_step_on_gpu(small_storage):
     from mmray.training.loop import TrainState, run_epoch
 
     cfg = tiny_config(small_storage, "train.num_workers=1", "train.precision=bf16")
-    items = [r for r in load_items(items_dir(cfg)) if r["split"] == "train"][:32]
+    items = [r for r in load_items(current_dataset(cfg)) if r["split"] == "train"][:32]
     batch = explode_images({"group": np.array([r["group"] for r in items], dtype=object),
                             "images": np.array([r["images"] for r in items], dtype=object),
                             "captions": np.array([r["captions"] for r in items], dtype=object)})

@@ -29,7 +29,7 @@ class DataConfig(StrictConfig):
     image_root: str | None = None
     """Base for relative image references; defaults to the folder that holds the catalog file."""
     name: str = "luma"
-    """Dataset name; output goes to `<storage.root>/datasets/<name>/`."""
+    """Dataset name; each run publishes a new version of `<storage.root>/datasets/<name>/`."""
     image_size: int = Field(256, ge=32, le=2048)
     """Longest side, in pixels, of the stored (resized) images; aspect ratio is kept."""
     image_format: Literal["JPEG", "PNG", "WEBP"] = "JPEG"

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmray.config import ModelConfig
+from mmray.model.transforms import image_transform
 
 
 class OpenClipEncoder(nn.Module):
@@ -61,6 +62,4 @@ class OpenClipEncoder(nn.Module):
         return {"input_ids": ids, "attention_mask": (ids != 0).long()}
 
     def image_transform(self, train: bool = False):
-        from mmray.model.dual_encoder import image_transform
-
         return image_transform(self.input_size, self.mean, self.std, train)

@@ -15,6 +15,7 @@ from mmray.catalog import garment_noun
 from mmray.embedder import Embedder, fuse
 from mmray.evalset import build_queries, relevance_matrix
 from mmray.metrics import hit_rate_at_k, mrr, retrieval_report
+from mmray.model import unwrap_model
 
 
 @dataclass
@@ -63,7 +64,7 @@ def build_eval_inputs(test_items: list[dict], embedder: Embedder | None, image_w
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, ev: EvalInputs, product_text_tokens: int = 128) -> dict[str, float]:
     """Metrics of `model` on `ev` (names match the per-epoch report)."""
-    model = getattr(model, "module", model)
+    model = unwrap_model(model)
     was_training = model.training
     model.eval()
     emb = Embedder(model)

@@ -19,7 +19,7 @@ from PIL import Image
 from mmray.config import MmrayConfig
 from mmray.loss import ClipLoss, SigLipLoss
 from mmray.model import build_model, save_checkpoint
-from mmray.model.dual_encoder import WEIGHTS_FILE
+from mmray.model.checkpoint import WEIGHTS_FILE
 from mmray.training.evaluate import evaluate
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -30,8 +30,7 @@ class TrainState:
 
     def __init__(self, cfg: MmrayConfig, steps_per_epoch: int):
         self.cfg = cfg
-        torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg.model)
+        self.model = build_model(cfg.model, seed=cfg.train.seed)  # the same start on every worker
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.ndim < 2]
         self.params = decay + no_decay
@@ -125,20 +124,14 @@ def average_gradients(params, world: int) -> None:
         p.grad /= world
 
 
-def _inject_failure(marker: str) -> None:
-    """Fault injection for the resume test: the first time only, kill this worker mid-run.
-
-    The short wait lets the controller register the previous epoch's checkpoint first, as it
-    would have for any worker that dies some time after reporting."""
-    if os.path.exists(marker):
-        return
-    open(marker, "w").close()
-    time.sleep(3)
-    os._exit(1)
-
-
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train entry point (runs on every worker)."""
+    """Ray Train entry point (runs on every worker).
+
+    `config["epoch_callback"]`, if set, is called on every worker after each epoch as
+    `epoch_callback(epoch=, rank=, metrics=)` (`epoch`: epochs done, from 1; `metrics`: what this
+    worker reported). It runs after `ray.train.report`, so rank 0's checkpoint of `epoch` is
+    written: a run whose worker dies in the callback resumes from `epoch`, once the controller
+    has registered that report (it polls: a callback that kills the worker should wait a moment)."""
     import ray.train
 
     cfg = MmrayConfig.model_validate(config["cfg"])
@@ -163,8 +156,6 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch + 1, "step": state.step, "loss": loss, "epoch_s": time.time() - start,
                    "temperature": float(1.0 / state.model.logit_scale.exp()),
                    "resumed_from_epoch": state.resumed_from_epoch}
-        if config.get("fail_at_epoch") == epoch + 1 and rank == 0:
-            _inject_failure(config["fail_marker"])
         if rank == 0:
             metrics.update(evaluate(state.model, config["eval"]))
             state.history.append(metrics)
@@ -173,3 +164,5 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
             ray.train.report(metrics, checkpoint=None)
+        if config.get("epoch_callback") is not None:
+            config["epoch_callback"](epoch=epoch + 1, rank=rank, metrics=dict(metrics))

@@ -38,7 +38,7 @@ def run_training(cfg: MmrayConfig, run_name: str | None = None, epoch_callback: 
     start = time.time()
     store = ArtifactStore.from_config(cfg.storage)
     dataset = current_dataset(cfg)
-    model0 = build_model(cfg.model)
+    model0 = build_model(cfg.model, seed=cfg.train.seed)  # the workers' starting point
     cached = bool(model0.image_cacheable and model0.text_cacheable)
     ds = train_dataset(cfg, dataset, cached)
     rows, world = ds.count(), cfg.train.num_workers

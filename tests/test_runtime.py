@@ -1,0 +1,57 @@
+"""Private Ray attributes that mmray patches or calls: these tests fail loudly when an upgrade
+moves them (the library itself warns and carries on, or would break at run time)."""
+from __future__ import annotations
+
+import inspect
+import logging
+
+import pytest
+
+from mmray.runtime import _faster_resource_refresh
+
+REFRESH = "GLOBAL_LIMITS_UPDATE_INTERVAL_S"
+
+
+def resource_manager():
+    try:
+        from ray.data._internal.execution.resource_manager import ResourceManager
+    except ImportError as e:
+        pytest.fail(f"ray.data._internal.execution.resource_manager.ResourceManager moved ({e}): "
+                    "update mmray.runtime._faster_resource_refresh")
+    return ResourceManager
+
+
+def test_resource_refresh_interval_is_still_a_read_class_attribute():
+    rm = resource_manager()
+    value = getattr(rm, REFRESH, None)
+    assert isinstance(value, (int, float)), f"ResourceManager.{REFRESH} is gone: update mmray.runtime"
+    # defined AND read through the instance (a renamed read would leave our patch without effect)
+    assert f"self.{REFRESH}" in inspect.getsource(rm), f"ResourceManager no longer reads {REFRESH}"
+
+
+def test_faster_resource_refresh_patches_it_and_warns_when_it_is_missing(monkeypatch, caplog):
+    rm = resource_manager()
+    monkeypatch.setattr(rm, REFRESH, 1)  # monkeypatch restores Ray's value afterwards
+    _faster_resource_refresh()
+    assert getattr(rm, REFRESH) == 0.0
+    monkeypatch.delattr(rm, REFRESH)
+    with caplog.at_level(logging.WARNING, logger="mmray"):
+        _faster_resource_refresh()
+    assert REFRESH in caplog.text and not hasattr(rm, REFRESH)
+
+
+def test_internal_ref_bundles_stream_blocks_for_the_progress_log(ray_session, caplog):
+    """mmray.preprocess._with_progress: Dataset.iter_internal_ref_bundles, RefBundle.num_rows(),
+    RefBundle.block_refs."""
+    ray = ray_session
+    from mmray.preprocess import _with_progress
+
+    ds = ray.data.range(10, override_num_blocks=2)
+    assert hasattr(ray.data.Dataset, "iter_internal_ref_bundles"), "Dataset.iter_internal_ref_bundles is gone"
+    bundles = list(ds.iter_internal_ref_bundles())
+    assert sum(b.num_rows() for b in bundles) == 10
+    assert all(isinstance(ref, ray.ObjectRef) for b in bundles for ref in b.block_refs)
+    with caplog.at_level(logging.INFO, logger="mmray"):
+        blocks = list(_with_progress(ds, rows=10, every_s=0.0))
+    assert sum(len(block) for block in blocks) == 10
+    assert "images: 5/10 rows" in caplog.text  # the first of two 5-row blocks was counted
