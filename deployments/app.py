@@ -1,4 +1,5 @@
-"""The Serve application: Ingress (FastAPI, /v1) -> Embedder, Retriever.
+"""The Serve application: Ingress (FastAPI, /v1), co-located with the index and model, or in
+front of Embedder and Retriever deployments (`serve.topology`).
 
     serve run deployments.app:build_app config=configs/local.yaml
     serve run deployments/serve_config.yaml
@@ -9,14 +10,15 @@ sub-config; resources and limits come from `serve.*` through `.options()`.
 
 import asyncio
 import json
-import os
-import time
+import re
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import FastAPI, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import HTMLResponse, ORJSONResponse
 from pydantic import BaseModel, ConfigDict
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve import Application
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.api import (
@@ -30,34 +32,43 @@ from deployments.api import (
     parse_filters,
 )
 from deployments.demo import DEMO_HTML
-from deployments.replicas import EmbedderDeployment, RetrieverDeployment
-from mmray.config import DeploymentConfig, MmrayConfig, ServeConfig, load_config
+from deployments.replicas import EmbedderDeployment, HandleBackend, RetrieverDeployment, poll_forever
+from mmray.config import DeploymentConfig, IndexConfig, MmrayConfig, ServeConfig, load_config
 from mmray.images import ImageRejected, decode_image, encode_image
+from mmray.search import LocalBackend, NotReady, SearchResults, SearchService
+from mmray.serving import IndexPool, ModelPool, VersionNotLoaded
 from mmray.storage import ArtifactStore
+from mmray.storage.artifacts import VERSION_RE
 
-api = FastAPI(title="mmray", version="0.1.0",
+api = FastAPI(title="mmray", version="0.1.0", default_response_class=ORJSONResponse,
               description="Multimodal product search: text and photo search, similar products.")
 install_error_handlers(api)
+IMAGE_NAME = re.compile(r"([0-9]{1,9})\.jpg")  # ASCII digits only: '²'.isdigit() is True in Python
 IMAGE_STATUS = {"too_many_pixels": 413, "file_too_large": 413, "not_an_image": 415, "unsupported_format": 415,
                 "truncated_image": 400, "corrupt_image": 400}
 
 
 class BodyLimit:
-    """ASGI middleware: refuse a body over the cap while it streams in, before it is buffered.
+    """ASGI middleware: refuse a body over its cap while it streams in, before it is buffered.
 
-    A declared Content-Length over the cap is refused at once. A chunked body is counted as it
-    arrives; past the cap the app sees a disconnect and whatever it answers is replaced by 413.
+    The cap depends on the body's type: `upload_bytes` for multipart/form-data (image uploads),
+    `json_bytes` for everything else. A declared Content-Length over the cap is refused at once;
+    a chunked body is counted as it arrives and, past the cap, the app sees a disconnect and
+    whatever it answers is replaced by 413.
     """
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, json_bytes: int, upload_bytes: int):
+        self.app, self.json_bytes, self.upload_bytes = app, json_bytes, upload_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            return await self._reject(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        cap = self.upload_bytes if multipart else self.json_bytes
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > cap):
+            return await self._reject(scope, receive, send, cap)
         seen, exceeded, replaced = 0, False, False
 
         async def limited_receive():
@@ -67,7 +78,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > cap:
                     exceeded = True
                     return {"type": "http.disconnect"}
             return message
@@ -78,50 +89,68 @@ class BodyLimit:
                 return await send(message)
             if not replaced:
                 replaced = True
-                await self._reject(scope, receive, send)
+                await self._reject(scope, receive, send, cap)
 
         await self.app(scope, limited_receive, guarded_send)
         if exceeded and not replaced:
-            await self._reject(scope, receive, send)
+            await self._reject(scope, receive, send, cap)
 
-    async def _reject(self, scope, receive, send):
-        response = error_response(413, "payload_too_large", f"request body exceeds {self.max_bytes} bytes")
+    async def _reject(self, scope, receive, send, cap: int):
+        response = error_response(413, "payload_too_large", f"request body exceeds {cap} bytes")
         await response(scope, receive, send)
+
+
+def _unavailable(code: str, message: str, retry_after_s: int) -> ApiError:
+    return ApiError(503, code, message, {"Retry-After": str(retry_after_s)})
 
 
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, cfg: dict, hybrid: bool):
-        self.embedder, self.retriever = embedder, retriever
-        self.cfg = ServeConfig.model_validate(cfg)
-        self.hybrid_default = hybrid
+    """HTTP routing, validation and admission control; the search itself is `SearchService`.
+
+    With `serve.topology: colocated` this replica holds the index and the model (no handle hops);
+    with `split` it calls the Embedder and Retriever deployments through their handles.
+    """
+
+    def __init__(self, cfg: ServeConfig, index_cfg: IndexConfig, store: ArtifactStore,
+                 embedder: DeploymentHandle | None = None, retriever: DeploymentHandle | None = None):
+        self.cfg = cfg
+        if embedder is None or retriever is None:
+            indexes = IndexPool(store, index_cfg, retry_base_s=cfg.reload_poll_s)
+            indexes.refresh()
+            self._poller = asyncio.get_event_loop().create_task(poll_forever(indexes, cfg.reload_poll_s))
+            backend = LocalBackend(indexes, ModelPool(store, index_cfg.embed_batch_size))
+        else:
+            backend = HandleBackend(embedder, retriever)
+        self.service = SearchService(backend, index_cfg)
         self.inflight = 0
-        self._info: dict | None = None
-        self._info_at = 0.0
+        self.decodes = asyncio.Semaphore(cfg.max_concurrent_decodes)
         api.user_middleware.clear()
-        api.add_middleware(BodyLimit, max_bytes=self.cfg.max_body_bytes)
-        api.middleware_stack = None  # rebuilt with the limit on first request
+        api.add_middleware(BodyLimit, json_bytes=cfg.max_json_bytes, upload_bytes=cfg.max_upload_bytes)
+        api.middleware_stack = None  # rebuilt with the limits on first request
 
     # ------------------------------------------------------------------ plumbing
-    async def info(self, fresh: bool = False) -> dict:
-        if fresh or self._info is None or time.monotonic() - self._info_at > 1.0:
-            self._info = await self.retriever.info.remote()
-            self._info_at = time.monotonic()
-        if not self._info.get("ready"):
-            raise ApiError(503, "not_ready", f"index not loaded: {self._info.get('error')}",
-                           {"Retry-After": str(self.cfg.retry_after_s)})
-        return self._info
-
-    async def guarded(self, work):
-        """Admission control + timeout: overload is a fast 503 with Retry-After, never a hang."""
+    async def guarded(self, fn, /, *args, **kwargs):
+        """Admission control + timeout around one request's work: overload, no index, a replica
+        that lacks the pinned version or has died are a fast 503 with Retry-After, never a hang or a 500."""
+        retry = self.cfg.retry_after_s
         if self.inflight >= self.cfg.max_inflight:
-            raise ApiError(503, "overloaded", "server busy, retry shortly", {"Retry-After": str(self.cfg.retry_after_s)})
+            raise _unavailable("overloaded", "server busy, retry shortly", retry)
         self.inflight += 1
         try:
-            return await asyncio.wait_for(work, timeout=self.cfg.request_timeout_s)
+            return await asyncio.wait_for(fn(*args, **kwargs), timeout=self.cfg.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"request took longer than {self.cfg.request_timeout_s} s") from None
+        except NotReady as e:
+            raise _unavailable("not_ready", f"index not loaded: {e}", retry) from None
+        except VersionNotLoaded:
+            raise _unavailable("version_unavailable", "the index version this request was pinned to is "
+                               "loading or gone on a replica; retry", retry) from None
+        except BackPressureError:
+            raise _unavailable("overloaded", "server busy, retry shortly", retry) from None
+        except (RayActorError, ActorUnavailableError, DeploymentUnavailableError):
+            raise _unavailable("unavailable", "a replica is restarting; retry shortly", retry) from None
         finally:
             self.inflight -= 1
 
@@ -129,16 +158,28 @@ class Ingress:
         if k > self.cfg.max_k:
             raise ApiError(422, "invalid_request", f"k: must be <= {self.cfg.max_k}")
 
-    def results(self, hits: list[dict]) -> list[dict]:
-        return [{"product_id": h["product_id"], "id": h["id"], "title": h["title"], "price": h["price"],
-                 "score": h["score"], "retrievers": h["retrievers"], "variants": h["variants"],
-                 "image_url": f"/images/{h['version']}/{h['row']}.jpg"} for h in hits]
+    def check_text(self, name: str, text: str) -> None:
+        if len(text) > self.cfg.max_query_chars:
+            raise ApiError(422, "invalid_request", f"{name}: longer than {self.cfg.max_query_chars} characters")
+
+    @staticmethod
+    def results(res: SearchResults) -> dict:
+        return {"results": [{"product_id": h.product_id, "id": h.id, "title": h.title, "price": h.price,
+                             "score": h.score, "retrievers": h.retrievers, "variants": h.variants,
+                             "image_url": f"/images/{res.index_version}/{h.row}.jpg"} for h in res.hits],
+                "index_version": res.index_version, "took_ms": res.took_ms}
 
     async def read_image(self, upload: UploadFile) -> bytes:
-        data = await upload.read(self.cfg.max_body_bytes + 1)
+        """Read, check and decode an upload in a worker thread (at most `max_concurrent_decodes`
+        at once), so a burst of huge images never stalls the event loop."""
+        data = await upload.read(self.cfg.max_upload_bytes + 1)
+        async with self.decodes:
+            return await asyncio.to_thread(self._decode, data)
+
+    def _decode(self, data: bytes) -> bytes:
         try:
-            decoded = decode_image(data, max_side=1024, allowed_formats=["JPEG", "PNG", "WEBP"],
-                                   max_pixels=40_000_000, max_bytes=self.cfg.max_body_bytes)
+            decoded = decode_image(data, max_side=self.cfg.upload_max_side, allowed_formats=list(self.cfg.upload_formats),
+                                   max_pixels=self.cfg.max_upload_pixels, max_bytes=self.cfg.max_upload_bytes)
         except ImageRejected as e:
             raise ApiError(IMAGE_STATUS.get(e.reason, 400), e.reason, e.detail) from None
         return encode_image(decoded.image, "JPEG", 92)
@@ -150,36 +191,26 @@ class Ingress:
 
     @api.get("/readyz", summary="Model and index are loaded")
     async def readyz(self):
-        info = await self.retriever.info.remote()
-        if not info.get("ready"):
-            return error_response(503, "not_ready", f"index not loaded: {info.get('error')}")
-        await self.embedder.warm.remote(info["model"])
+        try:
+            info = await self.service.ready()
+        except (NotReady, RayActorError, ActorUnavailableError, DeploymentUnavailableError, BackPressureError) as e:
+            return error_response(503, "not_ready", f"not ready: {e}"[:500], {"Retry-After": str(self.cfg.retry_after_s)})
         return {"status": "ready", "index_version": info["version"], "model_version": info["model_version"],
                 "reload_error": info.get("reload_error")}
 
     @api.get("/v1/index", summary="Serving versions")
     async def index_info(self):
-        info = await self.info(fresh=True)
+        info = await self.guarded(self.service.info, fresh=True)
         return {k: info[k] for k in ("version", "model_version", "count", "products", "factory", "num_shards",
                                      "loaded_versions", "reload_error")}
 
     @api.post("/v1/search", response_model=SearchResponse, summary="Text search")
     async def search(self, body: SearchRequest):
-        if len(body.query) > self.cfg.max_query_chars:
-            raise ApiError(422, "invalid_request", f"query: longer than {self.cfg.max_query_chars} characters")
+        self.check_text("query", body.query)
         self.check_k(body.k)
-
-        async def work():
-            start = time.perf_counter()
-            info = await self.info()
-            vector = await self.embedder.embed_text.remote((body.query, info["model"]))
-            hybrid = body.hybrid if body.hybrid is not None else self.hybrid_default
-            hits = await self.retriever.search.remote(info["version"], vector, body.k,
-                                                      body.filters.model_dump() if body.filters else None,
-                                                      body.query, hybrid, body.collapse)
-            return {"results": self.results(hits), "index_version": info["version"],
-                    "took_ms": round((time.perf_counter() - start) * 1000, 2)}
-        return await self.guarded(work())
+        res = await self.guarded(self.service.search_text, query=body.query, k=body.k, filters=body.filters,
+                                 hybrid=body.hybrid, collapse=body.collapse)
+        return self.results(res)
 
     @api.post("/v1/search/image", response_model=SearchResponse, summary="Search by photo (multipart upload)")
     async def search_image(self, image: UploadFile = File(...), k: int = Form(10, ge=1),
@@ -187,28 +218,19 @@ class Ingress:
                            collapse: bool = Form(True)):
         self.check_k(k)
         parsed = parse_filters(filters)
-        data = await self.read_image(image)
 
         async def work():
-            start = time.perf_counter()
-            info = await self.info()
-            vector = await self.embedder.embed_image.remote((data, info["model"]))
-            hits = await self.retriever.search.remote(info["version"], vector, k,
-                                                      parsed.model_dump() if parsed else None, None, False, collapse)
-            return {"results": self.results(hits), "index_version": info["version"],
-                    "took_ms": round((time.perf_counter() - start) * 1000, 2)}
-        return await self.guarded(work())
+            data = await self.read_image(image)
+            return await self.service.search_image(image=data, k=k, filters=parsed, collapse=collapse)
+        return self.results(await self.guarded(work))
 
     @api.get("/v1/products/{product_id}", summary="A product or item and its variants")
     async def product(self, product_id: str):
-        found = await self.guarded(self.retriever.product.remote(product_id))
+        found = await self.guarded(self.service.product, product_id=product_id)
         if found is None:
             raise ApiError(404, "not_found", f"no product or item {product_id!r}")
         for item in found["items"]:
             item["image_url"] = f"/images/{found['version']}/{item.pop('row')}.jpg"
-            item.pop("image", None)
-            if item.get("price") is not None and item["price"] != item["price"]:  # NaN: no price
-                item["price"] = None
         return found
 
     @api.get("/v1/products/{product_id}/similar", response_model=SearchResponse, summary="Similar products")
@@ -219,51 +241,50 @@ class Ingress:
         given = {"category": category, "gender": gender, "color": color, "min_price": min_price,
                  "max_price": max_price}
         filters = parse_filters(json.dumps({key: v for key, v in given.items() if v is not None}))
-        filters = filters.model_dump() if filters else None
-
-        async def work():
-            start = time.perf_counter()
-            hits = await self.retriever.similar.remote(None, product_id, k, filters)
-            if hits is None:
-                raise ApiError(404, "not_found", f"no product or item {product_id!r}")
-            version = hits[0]["version"] if hits else (await self.info())["version"]
-            return {"results": self.results(hits), "index_version": version,
-                    "took_ms": round((time.perf_counter() - start) * 1000, 2)}
-        return await self.guarded(work())
+        res = await self.guarded(self.service.similar, product_id=product_id, k=k, filters=filters)
+        if res is None:
+            raise ApiError(404, "not_found", f"no product or item {product_id!r}")
+        return self.results(res)
 
     @api.post("/v1/embed", response_model=EmbedResponse, summary="Text (JSON) or image (multipart) to a vector")
     async def embed(self, request: Request):
         ctype = request.headers.get("content-type", "")
-        info = await self.info()
         if ctype.startswith("multipart/form-data"):
             form = await request.form()
             upload = form.get("image")
             if not hasattr(upload, "read"):
                 raise ApiError(422, "invalid_request", "multipart body needs an 'image' file field")
-            data = await self.read_image(upload)
-            work = self.embedder.embed_image.remote((data, info["model"]))
+
+            async def work():
+                return await self.service.embed_image(image=await self.read_image(upload))
         elif ctype.startswith("application/json"):
             try:
                 body = EmbedRequest.model_validate_json(await request.body())
             except ValueError as e:
                 raise ApiError(422, "invalid_request", str(e).splitlines()[0][:300]) from None
-            if len(body.text) > self.cfg.max_query_chars:
-                raise ApiError(422, "invalid_request", f"text: longer than {self.cfg.max_query_chars} characters")
-            work = self.embedder.embed_text.remote((body.text, info["model"]))
+            self.check_text("text", body.text)
+
+            async def work():
+                return await self.service.embed_text(text=body.text)
         else:
             raise ApiError(415, "unsupported_media_type", "send application/json {\"text\": ...} or multipart 'image'")
-        vector = await self.guarded(work)
-        return {"vector": [float(x) for x in vector], "dim": len(vector), "model_version": info["model_version"]}
+        vector, model_version = await self.guarded(work)
+        return {"vector": [float(x) for x in vector], "dim": len(vector), "model_version": model_version}
 
     @api.get("/images/{version}/{name}", include_in_schema=False)
     async def image(self, version: str, name: str):
-        stem = name.removesuffix(".jpg")
-        if not stem.isdigit():
+        match = IMAGE_NAME.fullmatch(name)
+        if not match or not VERSION_RE.fullmatch(version):
             raise ApiError(404, "not_found", "no such image")
-        path = await self.retriever.image_file.remote(version, int(stem))
-        if path is None or not os.path.exists(path):
+        try:
+            data = await self.guarded(self.service.image, version=version, row=int(match.group(1)))
+        except ApiError as e:
+            if e.code != "version_unavailable":
+                raise
+            data = None  # an image of a version nobody serves any more is simply not there
+        if data is None:
             raise ApiError(404, "not_found", "no such image")
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
 
     @api.get("/", include_in_schema=False, response_class=HTMLResponse)
     async def demo(self):
@@ -284,9 +305,10 @@ def _options(d: DeploymentConfig, retry_after_s: int) -> dict:
             "max_ongoing_requests": d.max_ongoing_requests, "max_queued_requests": d.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s}}
     if d.num_replicas == "auto":
-        opts["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
+        opts["autoscaling_config"] = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
+                                      "target_ongoing_requests": d.target_ongoing_requests}
     else:
-        opts["num_replicas"] = int(d.num_replicas)
+        opts["num_replicas"] = d.num_replicas
     return opts
 
 
@@ -296,9 +318,12 @@ def build_app(args: AppArgs | dict | None = None) -> Application:
     cfg: MmrayConfig = load_config(a.config, a.overrides)
     s = cfg.serve
     store = ArtifactStore.from_config(cfg.storage)
+    ingress = Ingress.options(**_options(s.ingress, s.retry_after_s))
+    if s.topology == "colocated":
+        return ingress.bind(s, cfg.index, store)
     embedder = EmbedderDeployment.options(**_options(s.embedder, s.retry_after_s)).bind(
         store, s.embed_max_batch, s.embed_batch_wait_s)
     retriever = RetrieverDeployment.options(**_options(s.retriever, s.retry_after_s)).bind(
-        store, cfg.index.nprobe, cfg.index.ef_search, cfg.index.rrf_k, s.reload_poll_s)
-    return Ingress.options(**_options(s.ingress, s.retry_after_s)).bind(embedder, retriever, s.model_dump(), cfg.index.hybrid)
+        store, cfg.index, s.reload_poll_s)
+    return ingress.bind(s, cfg.index, store, embedder, retriever)
 

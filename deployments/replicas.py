@@ -1,23 +1,24 @@
-"""Serve deployments that wrap the library: Embedder (batched) and Retriever (hot-reloading).
+"""Serve deployments of the split topology: Embedder (batched, e.g. on GPUs) and Retriever (CPU).
 
-Both are thin: the work is `mmray.embedder.Embedder` and `mmray.index.retriever.Retriever`,
-the same classes the batch jobs use.
+Both are thin: the work is `mmray.serving.ModelPool` / `IndexPool`, the same classes the
+co-located Ingress and in-process callers use. `HandleBackend` gives `mmray.search.SearchService`
+the same backend interface over their handles.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import time
-from collections import OrderedDict
 
 import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
-from mmray.embedder import Embedder
+from mmray.config import IndexConfig
 from mmray.index.filters import SearchFilters
-from mmray.index.retriever import IndexLoadError, Retriever
-from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore
+from mmray.index.retriever import Hit
+from mmray.search import product_record
+from mmray.serving import IndexPool, ModelPool
+from mmray.storage import ArtifactStore
 
 log = logging.getLogger("ray.serve")
 
@@ -30,165 +31,109 @@ class EmbedderDeployment:
     manifest); the replica loads a verified local copy of it from the store.
     """
 
-    def __init__(self, store: ArtifactStore, max_batch: int = 32, batch_wait_s: float = 0.005):
-        self.store = store
-        self.models: OrderedDict[str, Embedder] = OrderedDict()  # model ref -> Embedder, the last two
-        self.embed_text.set_max_batch_size(max_batch)
-        self.embed_text.set_batch_wait_timeout_s(batch_wait_s)
-        self.embed_image.set_max_batch_size(max_batch)
-        self.embed_image.set_batch_wait_timeout_s(batch_wait_s)
-
-    def _model(self, ref: str) -> Embedder:
-        if ref not in self.models:
-            self.models[ref] = Embedder.from_checkpoint(self.store.resolve_ref(ref).local_dir())
-            while len(self.models) > 2:
-                self.models.popitem(last=False)
-        self.models.move_to_end(ref)
-        return self.models[ref]
+    def __init__(self, store: ArtifactStore, max_batch: int, batch_wait_s: float):
+        self.models = ModelPool(store, max_batch)
+        for method in (self.embed_text, self.embed_image):
+            method.set_max_batch_size(max_batch)
+            method.set_batch_wait_timeout_s(batch_wait_s)
 
     async def warm(self, ref: str) -> None:
-        await asyncio.to_thread(self._model, ref)
+        await asyncio.to_thread(self.models.get, ref)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch
     async def embed_text(self, requests: list[tuple[str, str]]) -> list[np.ndarray]:
         return await asyncio.to_thread(self._grouped, requests, "text")
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    @serve.batch
     async def embed_image(self, requests: list[tuple[bytes, str]]) -> list[np.ndarray]:
         return await asyncio.to_thread(self._grouped, requests, "image")
 
     def _grouped(self, requests, kind: str) -> list[np.ndarray]:
+        """One forward pass per model among the batch's requests."""
         out: list = [None] * len(requests)
         by_model: dict[str, list[int]] = {}
-        for i, (_, path) in enumerate(requests):
-            by_model.setdefault(path, []).append(i)
-        for path, idx in by_model.items():
-            model = self._model(path)
+        for i, (_, ref) in enumerate(requests):
+            by_model.setdefault(ref, []).append(i)
+        for ref, idx in by_model.items():
+            embedder = self.models.get(ref)
             payload = [requests[i][0] for i in idx]
-            vecs = model.embed_texts(payload) if kind == "text" else model.embed_images(payload)
+            vecs = embedder.embed_texts(payload) if kind == "text" else embedder.embed_images(payload)
             for i, v in zip(idx, vecs):
                 out[i] = v
         return out
 
 
+async def poll_forever(indexes: IndexPool, poll_s: float) -> None:
+    """Follow `indexes/current.json` (the pool backs off on broken versions by itself)."""
+    while True:
+        await asyncio.sleep(poll_s)
+        try:
+            await asyncio.to_thread(indexes.refresh)
+        except Exception as e:  # noqa: BLE001 - the poller must never die
+            log.exception("index poll failed: %s", e)
+
+
 @serve.deployment
 class RetrieverDeployment:
-    """The current index, reloaded when `indexes/current.json` (or `user_config`) names a new version.
+    """The current index, reloaded when `indexes/current.json` (or `user_config`) names a new
+    version; requests name the version they were embedded for (see `mmray.serving.IndexPool`)."""
 
-    The previous version stays loaded, so a request embedded with the old model is answered from
-    the old index: a swap never fails a request. A version that cannot be loaded (corrupt, a bad
-    pointer) leaves the loaded one serving; the error shows on /readyz, and that version is
-    retried with exponential back-off instead of being re-hashed on every poll.
-    """
-
-    MAX_BACKOFF_S = 300.0
-
-    def __init__(self, store: ArtifactStore, nprobe: int = 32, ef_search: int = 128, rrf_k: int = 60,
-                 poll_s: float = 2.0):
-        self.store, self.poll_s = store, poll_s
-        self.kwargs = {"nprobe": nprobe, "ef_search": ef_search, "rrf_k": rrf_k}
-        self.loaded: OrderedDict[str, Retriever] = OrderedDict()
-        self.pinned: str | None = None
-        self.error: str | None = None
-        self.failed: dict[str, tuple[int, float]] = {}  # version -> (failures, monotonic time of next try)
-        self._load_current()
-        self._poller = asyncio.get_event_loop().create_task(self._poll())
+    def __init__(self, store: ArtifactStore, cfg: IndexConfig, poll_s: float):
+        self.indexes = IndexPool(store, cfg, retry_base_s=poll_s)
+        self.indexes.refresh()
+        self._poller = asyncio.get_event_loop().create_task(poll_forever(self.indexes, poll_s))
 
     def reconfigure(self, user_config: dict) -> None:
         """`{"index_version": "v..."}` pins a version; `{}` follows current.json again."""
-        self.pinned = (user_config or {}).get("index_version")
-        self._load_current()
-
-    def _target(self) -> str | None:
-        return self.pinned or self.store.current(INDEX_KIND)
-
-    def _load_current(self) -> None:
-        try:
-            version = self._target()
-        except ArtifactError as e:  # a pointer we refuse to follow: keep serving what we have
-            self._set_error(str(e))
-            return
-        if version is None:
-            self._set_error("no index has been published yet: run `python -m jobs.build_index`")
-            return
-        if version in self.loaded:
-            self.loaded.move_to_end(version)
-            self.error = None
-            return
-        failures, retry_at = self.failed.get(version, (0, 0.0))
-        if time.monotonic() < retry_at:
-            return
-        try:
-            retriever = Retriever.load(self.store.resolve(INDEX_KIND, version), **self.kwargs)
-        except (ArtifactError, OSError) as e:  # keep serving what we have; report it on /readyz
-            delay = min(self.poll_s * 2 ** failures, self.MAX_BACKOFF_S)
-            self.failed[version] = (failures + 1, time.monotonic() + delay)
-            self._set_error(f"{e} (next try in {delay:.0f} s)")
-            log.error("index reload refused: %s", self.error)
-            return
-        self.failed.pop(version, None)
-        self.loaded[version] = retriever
-        while len(self.loaded) > 2:
-            self.loaded.popitem(last=False)
-        self.error = None
-        log.info("serving index %s", version)
-
-    def _set_error(self, message: str) -> None:
-        """Errors are shown to clients on /readyz: never with the storage root's absolute path."""
-        self.error = message.replace(self.store.root, "<storage.root>")
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_s)
-            try:
-                await asyncio.to_thread(self._load_current)
-            except Exception as e:  # noqa: BLE001 - the poller must never die
-                log.exception("index poll failed: %s", e)
-
-    def _get(self, version: str | None) -> Retriever:
-        if not self.loaded:
-            raise IndexLoadError(self.error or "no index loaded")
-        if version and version in self.loaded:
-            return self.loaded[version]
-        return next(reversed(self.loaded.values()))
+        self.indexes.pin((user_config or {}).get("index_version"))
 
     async def info(self) -> dict:
-        if not self.loaded:
-            return {"ready": False, "error": self.error}
-        r = self._get(None)
-        m = r.manifest
-        return {"ready": True, "version": r.version, "model": m["parents"]["model"],
-                "model_version": m["model_version"], "count": m["count"], "products": m["products"],
-                "factory": m["factory"], "num_shards": m["num_shards"],
-                "loaded_versions": list(self.loaded), "reload_error": self.error}
+        return self.indexes.info()
 
-    async def search(self, version: str, vector: np.ndarray, k: int, filters: dict | None, query_text: str | None,
-                     hybrid: bool, collapse: bool) -> list[dict]:
-        r = self._get(version)
-        hits = r.search(vector, k, SearchFilters(**(filters or {})), query_text=query_text, hybrid=hybrid,
-                        collapse=collapse)
-        return [hit.__dict__ | {"version": r.version} for hit in hits]
+    async def search(self, version: str, vector: np.ndarray, k: int, filters: SearchFilters | None,
+                     query_text: str | None, hybrid: bool, collapse: bool) -> list[Hit]:
+        return self.indexes.get(version).search(vector, k, filters, query_text=query_text, hybrid=hybrid,
+                                                collapse=collapse)
 
-    async def similar(self, version: str | None, product_id: str, k: int, filters: dict | None) -> list[dict] | None:
-        r = self._get(version)
+    async def similar(self, version: str, product_id: str, k: int, filters: SearchFilters | None) -> list[Hit] | None:
         try:
-            hits = r.similar(product_id, k, SearchFilters(**(filters or {})))
+            return self.indexes.get(version).similar(product_id, k, filters)
         except KeyError:
             return None
-        return [hit.__dict__ | {"version": r.version} for hit in hits]
 
-    async def product(self, product_id: str) -> dict | None:
-        r = self._get(None)
-        rows = r.rows_for(product_id)
-        if not rows:
-            return None
-        items = [r.item(row) | {"row": row} for row in rows]
-        return {"id": product_id, "version": r.version, "items": items}
+    async def product(self, version: str, product_id: str) -> dict | None:
+        return product_record(self.indexes.get(version), product_id)
 
-    async def image_file(self, version: str, row: int) -> str | None:
-        if version not in self.loaded:
-            return None
-        r = self.loaded[version]
-        if not 0 <= row < len(r):
-            return None
-        return os.path.join(r.folder, r.meta["image"][row])
+    async def image(self, version: str, row: int) -> bytes | None:
+        return self.indexes.get(version).image_bytes(row)
+
+
+class HandleBackend:
+    """`mmray.search.SearchBackend` over the split graph's handles."""
+
+    def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle):
+        self.embedder, self.retriever = embedder, retriever
+
+    async def info(self) -> dict:
+        return await self.retriever.info.remote()
+
+    async def embed_text(self, *, text: str, model: str) -> np.ndarray:
+        return await self.embedder.embed_text.remote((text, model))
+
+    async def embed_image(self, *, image: bytes, model: str) -> np.ndarray:
+        return await self.embedder.embed_image.remote((image, model))
+
+    async def search(self, *, version, vector, k, filters, query_text, hybrid, collapse) -> list[Hit]:
+        return await self.retriever.search.remote(version, vector, k, filters, query_text, hybrid, collapse)
+
+    async def similar(self, *, version, product_id, k, filters) -> list[Hit] | None:
+        return await self.retriever.similar.remote(version, product_id, k, filters)
+
+    async def product(self, *, version, product_id) -> dict | None:
+        return await self.retriever.product.remote(version, product_id)
+
+    async def image(self, *, version: str, row: int) -> bytes | None:
+        return await self.retriever.image.remote(version, row)
+
+    async def warm(self, model: str) -> None:
+        await self.embedder.warm.remote(model)

@@ -1,40 +1,188 @@
-"""The search functions every route uses: text, image and similar-product search.
+"""One search service for batch and online: text, image and similar-product search, product lookup.
 
-`SearchService` joins an Embedder (query -> vector) and a Retriever (vector -> items); the Serve
-graph splits the two across deployments but calls the same methods.
+`SearchService` holds the search logic once: it pins one index version per request (and embeds
+with that version's model), applies the hybrid/collapse defaults from `IndexConfig`, and times
+the call. Where the work runs is its backend:
+
+- `LocalBackend`: an `IndexPool` and a `ModelPool` in this process (jobs, tests, benchmarks, and
+  the co-located Serve replica); the blocking work runs in worker threads.
+- the Serve handles of the split graph (`deployments/backends.py`), with the same methods.
+
+Every method takes keyword arguments only.
 """
 from __future__ import annotations
 
-from PIL import Image
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from mmray.config import IndexConfig
-from mmray.embedder import Embedder
 from mmray.index.filters import SearchFilters
-from mmray.index.retriever import Hit, Retriever
-from mmray.storage import Version
+from mmray.index.retriever import Hit
+from mmray.serving import IndexPool, ModelPool
+from mmray.storage import ArtifactStore
+
+
+class NotReady(Exception):
+    """No index is loaded yet (or none can be): callers answer 503 with Retry-After."""
+
+
+@dataclass
+class SearchResults:
+    hits: list[Hit]
+    index_version: str
+    took_ms: float
+
+
+class SearchBackend(Protocol):
+    """Where embedding and retrieval run; every method is a coroutine."""
+
+    async def info(self) -> dict: ...
+
+    async def embed_text(self, *, text: str, model: str) -> np.ndarray: ...
+
+    async def embed_image(self, *, image: bytes, model: str) -> np.ndarray: ...
+
+    async def search(self, *, version: str, vector: np.ndarray, k: int, filters: SearchFilters | None,
+                     query_text: str | None, hybrid: bool, collapse: bool) -> list[Hit]: ...
+
+    async def similar(self, *, version: str, product_id: str, k: int, filters: SearchFilters | None
+                      ) -> list[Hit] | None: ...
+
+    async def product(self, *, version: str, product_id: str) -> dict | None: ...
+
+    async def image(self, *, version: str, row: int) -> bytes | None: ...
+
+    async def warm(self, model: str) -> None: ...
 
 
 class SearchService:
-    def __init__(self, embedder: Embedder, retriever: Retriever, cfg: IndexConfig):
-        self.embedder, self.retriever, self.cfg = embedder, retriever, cfg
+    """Text, image and similar-product search over one backend."""
+
+    def __init__(self, backend: SearchBackend, cfg: IndexConfig, info_ttl_s: float = 0.5):
+        self.backend, self.cfg, self.info_ttl_s = backend, cfg, info_ttl_s
+        self._info: dict | None = None
+        self._info_at = 0.0
 
     @classmethod
-    def load(cls, index: Version, cfg: IndexConfig) -> "SearchService":
-        """An index version and the model it was built with (both verified by the store)."""
-        retriever = Retriever.load(index, cfg.nprobe, cfg.ef_search, cfg.rrf_k)
-        model = index.store.resolve_ref(index.manifest["parents"]["model"])
-        return cls(Embedder.from_checkpoint(model.local_dir()), retriever, cfg)
+    def local(cls, store: ArtifactStore, cfg: IndexConfig) -> SearchService:
+        """The current index of `store` and its model, in this process."""
+        indexes = IndexPool(store, cfg)
+        indexes.refresh()
+        if indexes.newest is None:
+            raise NotReady(indexes.error)
+        return cls(LocalBackend(indexes, ModelPool(store, cfg.embed_batch_size)), cfg)
 
-    def search_text(self, query: str, k: int = 10, filters: SearchFilters | None = None,
-                    hybrid: bool | None = None, collapse: bool = True) -> list[Hit]:
-        vector = self.embedder.embed_texts([query])[0]
-        use_hybrid = self.cfg.hybrid if hybrid is None else hybrid
-        return self.retriever.search(vector, k, filters, query_text=query, hybrid=use_hybrid, collapse=collapse)
+    async def info(self, fresh: bool = False) -> dict:
+        """What is being served (cached for `info_ttl_s`); NotReady before any index is loaded."""
+        if fresh or self._info is None or time.monotonic() - self._info_at > self.info_ttl_s:
+            self._info, self._info_at = await self.backend.info(), time.monotonic()
+        if not self._info.get("ready"):
+            raise NotReady(self._info.get("error") or "no index loaded")
+        return self._info
 
-    def search_image(self, image: Image.Image | bytes, k: int = 10, filters: SearchFilters | None = None,
-                     collapse: bool = True) -> list[Hit]:
-        vector = self.embedder.embed_images([image])[0]
-        return self.retriever.search(vector, k, filters, collapse=collapse)
+    async def search_text(self, *, query: str, k: int = 10, filters: SearchFilters | None = None,
+                          hybrid: bool | None = None, collapse: bool = True) -> SearchResults:
+        start, info = time.perf_counter(), await self.info()
+        vector = await self.backend.embed_text(text=query, model=info["model"])
+        hits = await self.backend.search(version=info["version"], vector=vector, k=k, filters=filters,
+                                         query_text=query, hybrid=self.cfg.hybrid if hybrid is None else hybrid,
+                                         collapse=collapse)
+        return SearchResults(hits, info["version"], _ms(start))
 
-    def similar(self, product_id: str, k: int = 10, filters: SearchFilters | None = None) -> list[Hit]:
-        return self.retriever.similar(product_id, k, filters)
+    async def search_image(self, *, image: bytes, k: int = 10, filters: SearchFilters | None = None,
+                           collapse: bool = True) -> SearchResults:
+        start, info = time.perf_counter(), await self.info()
+        vector = await self.backend.embed_image(image=image, model=info["model"])
+        hits = await self.backend.search(version=info["version"], vector=vector, k=k, filters=filters,
+                                         query_text=None, hybrid=False, collapse=collapse)
+        return SearchResults(hits, info["version"], _ms(start))
+
+    async def similar(self, *, product_id: str, k: int = 10, filters: SearchFilters | None = None
+                      ) -> SearchResults | None:
+        """Products like `product_id` (an item or product id), never itself; None if unknown."""
+        start, info = time.perf_counter(), await self.info()
+        hits = await self.backend.similar(version=info["version"], product_id=product_id, k=k, filters=filters)
+        return None if hits is None else SearchResults(hits, info["version"], _ms(start))
+
+    async def product(self, *, product_id: str) -> dict | None:
+        info = await self.info()
+        return await self.backend.product(version=info["version"], product_id=product_id)
+
+    async def image(self, *, version: str, row: int) -> bytes | None:
+        """The stored image of item `row` of index `version` (any version this backend holds)."""
+        return await self.backend.image(version=version, row=row)
+
+    async def ready(self) -> dict:
+        """The served versions, after loading the model (what /readyz waits for)."""
+        info = await self.info(fresh=True)
+        await self.backend.warm(info["model"])
+        return info
+
+    async def embed_text(self, *, text: str) -> tuple[np.ndarray, str]:
+        """(unit vector, model version) with the served index's model."""
+        info = await self.info()
+        return await self.backend.embed_text(text=text, model=info["model"]), info["model_version"]
+
+    async def embed_image(self, *, image: bytes) -> tuple[np.ndarray, str]:
+        info = await self.info()
+        return await self.backend.embed_image(image=image, model=info["model"]), info["model_version"]
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
+
+
+class LocalBackend:
+    """Embedding and retrieval in this process; blocking work in worker threads."""
+
+    def __init__(self, indexes: IndexPool, models: ModelPool):
+        self.indexes, self.models = indexes, models
+
+    async def info(self) -> dict:
+        return self.indexes.info()
+
+    async def embed_text(self, *, text: str, model: str) -> np.ndarray:
+        return await asyncio.to_thread(lambda: self.models.get(model).embed_texts([text])[0])
+
+    async def embed_image(self, *, image: bytes, model: str) -> np.ndarray:
+        return await asyncio.to_thread(lambda: self.models.get(model).embed_images([image])[0])
+
+    async def search(self, *, version, vector, k, filters, query_text, hybrid, collapse) -> list[Hit]:
+        retriever = self.indexes.get(version)
+        return await asyncio.to_thread(retriever.search, vector, k, filters, query_text=query_text, hybrid=hybrid,
+                                       collapse=collapse)
+
+    async def similar(self, *, version, product_id, k, filters) -> list[Hit] | None:
+        retriever = self.indexes.get(version)
+        try:
+            return await asyncio.to_thread(retriever.similar, product_id, k, filters)
+        except KeyError:
+            return None
+
+    async def product(self, *, version, product_id) -> dict | None:
+        return product_record(self.indexes.get(version), product_id)
+
+    async def image(self, *, version: str, row: int) -> bytes | None:
+        return await asyncio.to_thread(self.indexes.get(version).image_bytes, row)
+
+    async def warm(self, model: str) -> None:
+        await asyncio.to_thread(self.models.get, model)
+
+
+def product_record(retriever, product_id: str) -> dict | None:
+    """A product (or one item) and its variants, as the API shows it; None if unknown."""
+    rows = retriever.rows_for(product_id)
+    if not rows:
+        return None
+    items = []
+    for row in rows:
+        item = retriever.item(row)
+        item.pop("image", None)
+        if item.get("price") is not None and item["price"] != item["price"]:  # NaN: no price
+            item["price"] = None
+        items.append(item | {"row": row})
+    return {"id": product_id, "version": retriever.version, "items": items}

@@ -336,6 +336,7 @@ def built(tmp_path_factory, ray_session):
     (root / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     storage = root / "artifacts"
     cfg = load_config(None, [f"data.catalog={root / 'catalog.jsonl'}", f"storage.root={storage}",
+                             f"data.image_root={LUMA_CATALOG.parent}",
                              "data.image_size=64", "index.embed_batch_size=32", "index.embed_concurrency=1"])
     run_preprocess(cfg)
     store = ArtifactStore.from_config(cfg.storage)
@@ -377,14 +378,19 @@ def test_build_index_publishes_a_complete_version(built):
 
 @pytest.mark.slow
 def test_search_service_on_the_built_index(built):
+    import asyncio
+
     from mmray.search import SearchService
 
     m, rows = built["manifest"], built["rows"]
-    svc = SearchService.load(built["store"].resolve(INDEX_KIND, m["version"]), built["cfg"].index)
-    hits = svc.search_text("hoodie", k=5)
-    assert len(hits) == 5 and len({h.product_id for h in hits}) == 5
+    svc = SearchService.local(built["store"], built["cfg"].index)
+    run = asyncio.run
+    res = run(svc.search_text(query="hoodie", k=5))
+    hits = res.hits
+    assert res.index_version == m["version"] and len(hits) == 5 and len({h.product_id for h in hits}) == 5
     assert any("lexical" in h.retrievers for h in hits)  # hybrid by default: BM25 finds the hoodies
-    hits = svc.search_text("jacket", k=5, filters=SearchFilters(category="Men"), hybrid=False, collapse=False)
+    hits = run(svc.search_text(query="jacket", k=5, filters=SearchFilters(category="Men"), hybrid=False,
+                               collapse=False)).hits
     assert len(hits) == 5 and all(rows[h.row]["category"].startswith("Men/") for h in hits)
 
     # An image query: the results are the exact nearest items to the image's embedding. (The tiny
@@ -392,19 +398,22 @@ def test_search_service_on_the_built_index(built):
     item = next(i for i, r in enumerate(rows) if len(r["images"]) == 1)
     with open(rows[item]["images"][0], "rb") as f:
         image = f.read()
-    query = svc.embedder.embed_images([image])[0]
-    hits = svc.search_image(image, k=10, collapse=False)
-    exact_scores, _ = exact_search(svc.retriever.vectors, query[None], 10)
-    true = [float(svc.retriever.vectors[h.row] @ query) for h in hits]
+    query, model_version = run(svc.embed_image(image=image))
+    assert model_version == built["model_version"]
+    hits = run(svc.search_image(image=image, k=10, collapse=False)).hits
+    vectors = svc.backend.indexes.newest.vectors
+    exact_scores, _ = exact_search(vectors, query[None], 10)
+    true = [float(vectors[h.row] @ query) for h in hits]
     assert len({h.row for h in hits}) == 10
     assert true == pytest.approx(exact_scores[0].tolist(), abs=1e-5)  # the top 10, up to float ties
     assert [h.score for h in hits] == pytest.approx(true, abs=1e-5)
-    products = svc.search_image(image, k=5)
+    products = run(svc.search_image(image=image, k=5)).hits
     assert len(products) == 5 and len({h.product_id for h in products}) == 5
 
     pid = rows[0]["product_id"]
-    similar = svc.similar(pid, k=5)
+    similar = run(svc.similar(product_id=pid, k=5)).hits
     assert len(similar) == 5 and pid not in {h.product_id for h in similar}
+    assert run(svc.similar(product_id="no-such-product")) is None
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ import yaml
 from conftest import LUMA_CATALOG, publish_model
 from PIL import Image
 
-CAP = 2_000_000
+CAP = 2_000_000  # uploads
+JSON_CAP = 100_000
 MAX_K = 50
 MAX_QUERY = 200
 SHIPPED_IMAGE = LUMA_CATALOG.parent / "images" / "mh01-black_main.jpg"
@@ -71,13 +72,14 @@ def app(tmp_path_factory, ray_session):
     catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
     port = _free_port()
     raw = {
-        "data": {"catalog": str(catalog), "name": "luma", "image_size": 64, "holdout_fraction": 0.0},
+        "data": {"catalog": str(catalog), "name": "luma", "image_size": 64, "holdout_fraction": 0.0,
+                 "image_root": str(LUMA_CATALOG.parent)},
         "model": {"kind": "tiny", "image_size": 64, "embed_dim": 32},
         "index": {"embed_batch_size": 16, "embed_concurrency": 1},
-        "serve": {"host": "127.0.0.1", "port": port, "max_body_bytes": CAP, "max_inflight": 4, "max_k": MAX_K,
+        "serve": {"host": "127.0.0.1", "port": port, "max_upload_bytes": CAP, "max_json_bytes": JSON_CAP, "max_inflight": 4, "max_k": MAX_K,
                   "max_query_chars": MAX_QUERY, "reload_poll_s": 0.5, "request_timeout_s": 20,
                   "retry_after_s": 1, "embed_batch_wait_s": 0.01,
-                  "ingress": {"num_cpus": 0.25}, "embedder": {"num_cpus": 0.5}, "retriever": {"num_cpus": 0.25}},
+                  "ingress": {"num_cpus": 0.5}},
         "storage": {"root": str(root)},
     }
     cfg_path = tmp / "serve.yaml"
@@ -342,12 +344,12 @@ def _assert_raw_413(response: bytes) -> None:
 def test_declared_body_over_the_cap_is_refused_before_it_is_sent(app):
     with socket.create_connection(("127.0.0.1", app.port), timeout=30) as s:
         s.sendall(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: %d\r\n\r\n{\"query\": \"" % (50 * CAP))
+                  b"Content-Length: %d\r\n\r\n{\"query\": \"" % (50 * JSON_CAP))
         _assert_raw_413(_raw_response(s))  # answered although almost none of the 100 MB arrived
 
 
 def test_declared_body_over_the_cap_via_httpx(client):
-    body = b'{"query": "' + b"x" * (CAP + 10) + b'"}'
+    body = b'{"query": "' + b"x" * (JSON_CAP + 10) + b'"}'
     try:
         r = client.post("/v1/search", content=body, headers={"Content-Type": "application/json"})
     except httpx.TransportError as e:  # the server may close while the client is still writing
@@ -360,7 +362,7 @@ def test_chunked_body_over_the_cap_is_refused_while_it_streams(app):
     """No Content-Length: the server counts the chunks and answers 413 while the client is still
     sending (past the cap the chunks slow down, so the answer has time to come back mid-body)."""
     chunk = b"x" * 65536
-    planned = 4 * CAP
+    planned = 4 * JSON_CAP
     with socket.create_connection(("127.0.0.1", app.port), timeout=30) as s:
         s.sendall(b"POST /v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Transfer-Encoding: chunked\r\n\r\n")
@@ -373,17 +375,17 @@ def test_chunked_body_over_the_cap_is_refused_while_it_streams(app):
             if select.select([], [s], [], 1.0)[1]:
                 s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 sent += len(chunk)
-                if sent > CAP:
+                if sent > JSON_CAP:
                     time.sleep(0.1)
         assert answered_at is not None, f"no answer while sending {sent} bytes"
-        assert CAP < answered_at < planned  # the cap tripped it, and the body never completed
+        assert JSON_CAP < answered_at < planned  # the cap tripped it, and the body never completed
         _assert_raw_413(_raw_response(s))
 
 
 def test_chunked_body_over_the_cap_via_httpx_generator(client):
     def body():
         yield b'{"query": "'
-        for _ in range(2 * CAP // 65536):
+        for _ in range(2 * JSON_CAP // 65536):
             yield b"x" * 65536
         yield b'"}'
 
@@ -396,10 +398,19 @@ def test_chunked_body_over_the_cap_via_httpx_generator(client):
 
 
 def test_body_just_under_the_cap_is_not_refused_for_size(client):
-    body = json.dumps({"query": "x" * (CAP - 100)}).encode()
-    assert len(body) <= CAP
+    body = json.dumps({"query": "x" * (JSON_CAP - 100)}).encode()
+    assert len(body) <= JSON_CAP
     r = client.post("/v1/search", content=body, headers={"Content-Type": "application/json"})
     assert_error(r, 422, "invalid_request")  # too long a query, but it was read
+
+
+def test_caps_differ_by_body_type(client):
+    """A 1 MB body is too large as JSON but fine as an image upload (multipart)."""
+    big = b"x" * 1_000_000
+    assert JSON_CAP < len(big) < CAP
+    r = client.post("/v1/search", content=b'{"query": "' + big + b'"}', headers={"Content-Type": "application/json"})
+    assert_error(r, 413, "payload_too_large")
+    assert_error(upload(client, "/v1/search/image", big), 415, "not_an_image")  # read whole, then judged
 
 
 @pytest.mark.parametrize("route", ["/v1/search/image", "/v1/embed"])

@@ -32,8 +32,9 @@ def small_storage(tmp_path_factory, ray_session):
         r["images"] = [str(LUMA_CATALOG.parent / p) for p in r["images"]]
     catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(None, [f"data.catalog={catalog}", f"storage.root={root / 'artifacts'}", "data.image_size=64",
-                             "data.holdout_fraction=0.3"])
-    run_preprocess(cfg)
+                             "data.holdout_fraction=0.3", f"data.image_root={LUMA_CATALOG.parent}"])
+    report = run_preprocess(cfg)
+    assert report["rows_out"] == 90, report["quarantined_by_reason"]
     return root / "artifacts"
 
 

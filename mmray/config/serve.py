@@ -1,6 +1,8 @@
 """Serving settings for the Ray Serve application."""
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import Field
 
 from mmray.config.base import StrictConfig
@@ -9,8 +11,14 @@ from mmray.config.base import StrictConfig
 class DeploymentConfig(StrictConfig):
     """Resources and scaling of one deployment, applied with `.options()`."""
 
-    num_replicas: int | str = 1
-    """Fixed replica count, or "auto" to use autoscaling."""
+    num_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] = 1
+    """Fixed replica count, or "auto" to autoscale between `min_replicas` and `max_replicas`."""
+    min_replicas: int = Field(1, ge=0)
+    """Autoscaling lower bound (with num_replicas: auto)."""
+    max_replicas: int = Field(4, ge=1)
+    """Autoscaling upper bound (with num_replicas: auto)."""
+    target_ongoing_requests: float = Field(8, gt=0)
+    """Autoscaling target: requests in flight per replica."""
     num_cpus: float = Field(1.0, ge=0)
     """CPUs per replica."""
     num_gpus: float = Field(0.0, ge=0)
@@ -21,6 +29,41 @@ class DeploymentConfig(StrictConfig):
     """Requests queued at the caller before 503 (-1: unbounded)."""
 
 
+HEALTH_PATHS = ("/healthz", "/readyz")
+"""Probe routes: open without an API key and exempt from the rate limit (a probe must not be throttled)."""
+
+
+class AuthConfig(StrictConfig):
+    """Optional API keys. The keys never live in the YAML: they come from the environment and/or a mounted file."""
+
+    enabled: bool = False
+    """Require `Authorization: Bearer <key>` (or `X-API-Key: <key>`); 401 otherwise. Refuses to start with no key."""
+    keys_env: str = "MMRAY_API_KEYS"
+    """Environment variable holding comma-separated keys (read once at startup)."""
+    keys_file: str | None = None
+    """File with one key per line (`#` starts a comment), e.g. a mounted Secret; re-read when it changes."""
+    open_paths: list[str] = list(HEALTH_PATHS)
+    """Paths served without a key (exact match). /docs, /openapi.json and / are not open."""
+
+
+class RateLimitConfig(StrictConfig):
+    """Per-client token bucket, kept in each Ingress replica (N replicas let a client through up to N times the rate)."""
+
+    enabled: bool = False
+    """Answer 429 with Retry-After once a client has spent its bucket."""
+    requests_per_s: float = Field(10.0, gt=0)
+    """Sustained requests per second per client (the refill rate)."""
+    burst: int = Field(20, ge=1)
+    """Bucket size: requests a client may send at once after being idle."""
+    trust_forwarded_for: bool = False
+    """Key clients by the first X-Forwarded-For hop. Only behind a proxy that sets that header itself: otherwise any
+    client picks its own bucket by sending the header, and without a proxy in front the peer address is the client."""
+    max_clients: int = Field(100_000, ge=1)
+    """Buckets kept; past it the least recently seen client is dropped (it comes back with a full bucket)."""
+    exempt_paths: list[str] = list(HEALTH_PATHS)
+    """Paths never limited (exact match)."""
+
+
 class ServeConfig(StrictConfig):
     """HTTP front end and deployment graph."""
 
@@ -28,10 +71,25 @@ class ServeConfig(StrictConfig):
     """Address the HTTP proxy binds."""
     port: int = Field(8000, ge=1, le=65535)
     """HTTP port."""
+    topology: Literal["colocated", "split"] = "colocated"
+    """`colocated`: the Ingress replica embeds and retrieves itself (fewest hops: single-node and
+    CPU configs). `split`: Ingress -> Embedder (e.g. on GPUs) and Retriever (CPU) deployments."""
+    keep_alive_timeout_s: float = Field(90.0, gt=0)
+    """HTTP keep-alive of the Serve proxy (clients reuse connections)."""
     request_timeout_s: float = Field(10.0, gt=0)
     """Per-request timeout."""
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    """Request bodies larger than this are refused while streaming (413)."""
+    max_json_bytes: int = Field(64 * 1024, ge=1024)
+    """JSON (and any non-multipart) request bodies larger than this are refused while streaming (413)."""
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    """multipart/form-data (image upload) bodies larger than this are refused while streaming (413)."""
+    max_upload_pixels: int = Field(40_000_000, ge=1)
+    """Uploaded images over this many pixels (width x height, read from the header) get 413."""
+    upload_formats: list[Literal["JPEG", "PNG", "WEBP", "GIF", "BMP"]] = ["JPEG", "PNG", "WEBP"]
+    """Upload formats accepted, recognised by magic bytes."""
+    upload_max_side: int = Field(1024, ge=32)
+    """Uploads are decoded at most this large on their longest side before embedding."""
+    max_concurrent_decodes: int = Field(2, ge=1)
+    """Uploads decoded at once (in worker threads, so the event loop stays free); others wait."""
     max_query_chars: int = Field(512, ge=1)
     """Longest accepted text query."""
     max_k: int = Field(100, ge=1)
@@ -41,13 +99,23 @@ class ServeConfig(StrictConfig):
     retry_after_s: int = Field(1, ge=0)
     """Retry-After seconds sent with 503."""
     reload_poll_s: float = Field(2.0, gt=0)
-    """How often Retriever replicas check `indexes/current.json` for a new version."""
-    embed_batch_wait_s: float = Field(0.005, ge=0)
-    """@serve.batch wait for more requests before embedding a batch."""
+    """How often replicas check `indexes/current.json` for a new version."""
+    embed_batch_wait_s: float = Field(0.0, ge=0)
+    """@serve.batch wait for more requests before embedding a batch (split topology). 0: embed
+    whatever is queued at once, so a lone request never waits; requests that arrive while a batch
+    runs still form the next batch."""
     embed_max_batch: int = Field(32, ge=1)
     """@serve.batch maximum batch size."""
-    ingress: DeploymentConfig = DeploymentConfig(num_cpus=0.25, max_ongoing_requests=256, max_queued_requests=256)
-    """Ingress deployment (HTTP, validation, orchestration)."""
+    docs_enabled: bool = True
+    """Serve /docs, /redoc and /openapi.json; off, they answer 404 like an unknown route."""
+    log_queries: bool = False
+    """Put the query string in the access log ("mmray.access"); off, only the route path. Bodies are never logged."""
+    auth: AuthConfig = AuthConfig()
+    """API keys."""
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    """Per-client rate limit."""
+    ingress: DeploymentConfig = DeploymentConfig(num_cpus=1.0, max_ongoing_requests=256, max_queued_requests=256)
+    """Ingress deployment (HTTP, validation, admission; with topology colocated also the model and index)."""
     embedder: DeploymentConfig = DeploymentConfig(num_cpus=1.0, max_ongoing_requests=64, max_queued_requests=256)
     """Embedder deployment (the model)."""
     retriever: DeploymentConfig = DeploymentConfig(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256)

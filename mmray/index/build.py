@@ -25,17 +25,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmray.catalog import INDEX_META_COLUMNS as META_COLUMNS
 from mmray.config import MmrayConfig
 from mmray.embedder import Embedder, fuse
 from mmray.index.ann import build_ann, recall_at_k, save_ann
 from mmray.index.lexical import LexicalIndex
-from mmray.storage import INDEX_KIND, ArtifactStore, Version, model_kind
+from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore, Version, model_kind
 from mmray.training.data import current_dataset, item_paths
 from mmray.training.evaluate import item_image_vectors
 
 log = logging.getLogger(__name__)
-META_COLUMNS = ["id", "product_id", "title", "category", "gender", "color", "price", "text", "description",
-                "attributes_json"]
 
 
 class ItemEmbedder:
@@ -74,6 +73,8 @@ def build_index(cfg: MmrayConfig, model_version: str | None = None) -> dict:
     dataset = current_dataset(cfg)
     store = dataset.store
     paths = item_paths(dataset)
+    if not paths:
+        raise ArtifactError(f"{dataset.ref} has no items (every row was quarantined: see its report.json)")
     meta = pq.read_table(paths, filesystem=store.fs, columns=META_COLUMNS).to_pydict()
     n = len(meta["id"])
     log.info("embedding %d items of %s with %s", n, dataset.ref, model.ref)
@@ -101,7 +102,7 @@ def build_index(cfg: MmrayConfig, model_version: str | None = None) -> dict:
             if not store.local:
                 writer.upload_dir(folder)
             version = writer.commit(extra=extra, make_current=False)
-            retriever = Retriever.from_folder(folder, version.manifest)  # loaded and searched once before it may serve
+            retriever = Retriever.from_folder(folder, version.manifest, cfg.index)  # searched once before it may serve
         finally:
             if not store.local:
                 shutil.rmtree(folder, ignore_errors=True)

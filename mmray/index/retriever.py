@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
+from mmray.config import IndexConfig
 from mmray.index.ann import exact_search, load_ann
 from mmray.index.filters import SearchFilters
 from mmray.index.lexical import LexicalIndex
@@ -50,26 +51,26 @@ class Retriever:
             self.rows_of_product.setdefault(pid, []).append(row)
 
     @classmethod
-    def load(cls, version: Version, nprobe: int = 32, ef_search: int = 128, rrf_k: int = 60) -> Retriever:
+    def load(cls, version: Version, cfg: IndexConfig | None = None) -> Retriever:
         """A published index version (files already verified by the store), from a local copy."""
-        return cls.from_folder(version.local_dir(), version.manifest, nprobe, ef_search, rrf_k)
+        return cls.from_folder(version.local_dir(), version.manifest, cfg)
 
     @classmethod
-    def load_current(cls, store: ArtifactStore, **kwargs) -> Retriever:
+    def load_current(cls, store: ArtifactStore, cfg: IndexConfig | None = None) -> Retriever:
         try:
             version = store.resolve(INDEX_KIND, hint="run `python -m jobs.build_index`")
         except ArtifactError as e:
             raise IndexLoadError(str(e)) from None
-        return cls.load(version, **kwargs)
+        return cls.load(version, cfg)
 
     @classmethod
-    def from_folder(cls, folder: str, manifest: dict, nprobe: int = 32, ef_search: int = 128,
-                    rrf_k: int = 60) -> Retriever:
+    def from_folder(cls, folder: str, manifest: dict, cfg: IndexConfig | None = None) -> Retriever:
         """Load the files of a local index folder that `manifest` describes (checked by its writer
-        or by the store that copied it here)."""
+        or by the store that copied it here); search effort and fusion from `cfg`."""
+        cfg = cfg or IndexConfig()
         where = f"index {manifest.get('version', folder)}"
         try:
-            ann = load_ann([os.path.join(folder, s) for s in manifest["shards"]], nprobe, ef_search)
+            ann = load_ann([os.path.join(folder, s) for s in manifest["shards"]], cfg.nprobe, cfg.ef_search)
             vectors = np.load(os.path.join(folder, "vectors.npy"))
             table = pq.read_table(os.path.join(folder, "metadata.parquet")).to_pydict()
             lexical = LexicalIndex.load(os.path.join(folder, "lexical"))
@@ -83,7 +84,7 @@ class Retriever:
         meta["available"] = np.array(table["available"], dtype=bool)
         for col in ("category", "gender", "color"):
             meta[f"{col}_lc"] = np.array([(v or "").lower() for v in table[col]], dtype=object)
-        return cls(folder, manifest, ann, vectors, meta, lexical, rrf_k)
+        return cls(folder, manifest, ann, vectors, meta, lexical, cfg.rrf_k)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -179,6 +180,13 @@ class Retriever:
         if item_or_product_id in self.row_of:
             return [self.row_of[item_or_product_id]]
         return list(self.rows_of_product.get(item_or_product_id, []))
+
+    def image_bytes(self, row: int) -> bytes | None:
+        """The stored (resized) first image of item `row`; None for a row that does not exist."""
+        if not 0 <= row < len(self):
+            return None
+        with open(os.path.join(self.folder, self.meta["image"][row]), "rb") as f:
+            return f.read()
 
     def item(self, row: int) -> dict:
         return {k: (v[row].item() if hasattr(v[row], "item") else v[row])
