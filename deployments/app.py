@@ -33,6 +33,7 @@ from deployments.api import (
 )
 from deployments.demo import DEMO_HTML
 from deployments.replicas import EmbedderDeployment, HandleBackend, RetrieverDeployment, poll_forever
+from deployments.security import install_security
 from mmray.config import DeploymentConfig, IndexConfig, MmrayConfig, ServeConfig, load_config
 from mmray.images import ImageRejected, decode_image, encode_image
 from mmray.search import LocalBackend, NotReady, SearchResults, SearchService
@@ -128,6 +129,7 @@ class Ingress:
         self.decodes = asyncio.Semaphore(cfg.max_concurrent_decodes)
         api.user_middleware.clear()
         api.add_middleware(BodyLimit, json_bytes=cfg.max_json_bytes, upload_bytes=cfg.max_upload_bytes)
+        install_security(api, cfg)  # request ids + access log, API keys, rate limit, docs switch (outermost)
         api.middleware_stack = None  # rebuilt with the limits on first request
 
     # ------------------------------------------------------------------ plumbing

@@ -682,3 +682,44 @@ def test_a_broken_pointer_or_corrupt_version_keeps_the_loaded_index_serving(app,
         open(pointer, "wb").write(original)
     body = _wait_for(client, lambda b: b.get("reload_error") is None)
     assert body["index_version"] == serving
+
+
+# --------------------------------------------------------------------------- split topology, API keys
+
+
+def test_split_topology_with_api_keys_serves_the_same_results(app, client, tmp_path):
+    """The same config with `serve.topology: split` (Ingress -> Embedder + Retriever handles) and API
+    keys from a mounted file, deployed beside the co-located app under /split."""
+    from ray import serve
+
+    from deployments.app import build_app
+    from mmray.serving import VersionNotLoaded
+
+    keys = tmp_path / "keys"
+    keys.write_text("# mounted from a Kubernetes Secret\nsecret-one\n")
+    raw = yaml.safe_load(open(app.cfg_path))
+    raw["serve"] |= {"topology": "split", "auth": {"enabled": True, "keys_file": str(keys)},
+                     "ingress": {"num_cpus": 0.25}, "embedder": {"num_cpus": 0.25}, "retriever": {"num_cpus": 0.25}}
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    serve.run(build_app({"config": str(path)}), name="split", route_prefix="/split")
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and client.get("/split/readyz").status_code != 200:  # open without a key
+            time.sleep(0.5)
+        assert client.get("/split/readyz").json()["index_version"] == app.version
+        body = {"query": "jacket", "k": 5}
+        assert_error(client.post("/split/v1/search", json=body), 401, "unauthorized")
+        assert_error(client.post("/split/v1/search", json=body, headers={"Authorization": "Bearer nope"}), 401)
+        r = client.post("/split/v1/search", json=body, headers={"Authorization": "Bearer secret-one"})
+        assert r.status_code == 200, r.text
+        assert r.json()["results"] == search(client, **body)["results"]  # same service, other topology
+        assert r.headers.get("x-request-id")
+
+        # The retriever never answers for a version it does not hold (no silent mixing of versions).
+        retriever = serve.get_deployment_handle("RetrieverDeployment", app_name="split")
+        vector = [0.0] * 32
+        with pytest.raises(VersionNotLoaded):
+            retriever.search.remote("v20991231-000000-000-abcdef", vector, 3, None, None, False, True).result()
+    finally:
+        serve.delete("split")
