@@ -6,6 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?= configs/local.yaml
 RAY_CPUS ?= 2
+METRICS_PORT ?= 8080
 export RAY_AUTH_MODE ?= token
 
 .PHONY: quickstart test install serve stop benchmarks lint clean
@@ -27,11 +28,12 @@ quickstart: $(STAMP)
 	$(BIN)/python -m jobs.build_index --config $(CONFIG)
 	$(MAKE) --no-print-directory serve
 
-# Serve on 127.0.0.1:8000 in a local Ray cluster that outlives this command (`make stop` ends it).
+# Serve on 127.0.0.1:8000 in a local Ray cluster that outlives this command (`make stop` ends it);
+# Prometheus metrics (ours and Ray Serve's) at http://127.0.0.1:$(METRICS_PORT)/metrics.
 serve: $(STAMP)
 	-$(BIN)/ray stop >/dev/null 2>&1
 	$(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=6380 --num-cpus=$(RAY_CPUS) \
-		--include-dashboard=false --disable-usage-stats >/dev/null
+		--metrics-export-port=$(METRICS_PORT) --include-dashboard=false --disable-usage-stats >/dev/null
 	$(BIN)/python -m deployments.launch --config $(CONFIG)
 
 stop:

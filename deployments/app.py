@@ -32,6 +32,7 @@ from deployments.api import (
     parse_filters,
 )
 from deployments.demo import DEMO_HTML
+from deployments.metrics import HttpMetrics, record_index_load_error, record_index_loaded
 from deployments.replicas import EmbedderDeployment, HandleBackend, RetrieverDeployment, poll_forever
 from deployments.security import install_security
 from mmray.config import DeploymentConfig, IndexConfig, MmrayConfig, ServeConfig, load_config
@@ -118,7 +119,8 @@ class Ingress:
                  embedder: DeploymentHandle | None = None, retriever: DeploymentHandle | None = None):
         self.cfg = cfg
         if embedder is None or retriever is None:
-            indexes = IndexPool(store, index_cfg, retry_base_s=cfg.reload_poll_s)
+            indexes = IndexPool(store, index_cfg, retry_base_s=cfg.reload_poll_s, on_loaded=record_index_loaded,
+                                on_error=record_index_load_error)
             indexes.refresh()
             self._poller = asyncio.get_event_loop().create_task(poll_forever(indexes, cfg.reload_poll_s))
             backend = LocalBackend(indexes, ModelPool(store, index_cfg.embed_batch_size))
@@ -129,7 +131,8 @@ class Ingress:
         self.decodes = asyncio.Semaphore(cfg.max_concurrent_decodes)
         api.user_middleware.clear()
         api.add_middleware(BodyLimit, json_bytes=cfg.max_json_bytes, upload_bytes=cfg.max_upload_bytes)
-        install_security(api, cfg)  # request ids + access log, API keys, rate limit, docs switch (outermost)
+        install_security(api, cfg)  # request ids + access log, API keys, rate limit, docs switch
+        api.add_middleware(HttpMetrics)  # outermost: every answer is counted, 401/413/429 included
         api.middleware_stack = None  # rebuilt with the limits on first request
 
     # ------------------------------------------------------------------ plumbing

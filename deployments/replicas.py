@@ -13,6 +13,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.metrics import record_index_load_error, record_index_loaded
 from mmray.config import IndexConfig
 from mmray.index.filters import SearchFilters
 from mmray.index.retriever import Hit
@@ -79,7 +80,8 @@ class RetrieverDeployment:
     version; requests name the version they were embedded for (see `mmray.serving.IndexPool`)."""
 
     def __init__(self, store: ArtifactStore, cfg: IndexConfig, poll_s: float):
-        self.indexes = IndexPool(store, cfg, retry_base_s=poll_s)
+        self.indexes = IndexPool(store, cfg, retry_base_s=poll_s, on_loaded=record_index_loaded,
+                                 on_error=record_index_load_error)
         self.indexes.refresh()
         self._poller = asyncio.get_event_loop().create_task(poll_forever(self.indexes, poll_s))
 

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from mmray.config import IndexConfig
 from mmray.embedder import Embedder
@@ -32,8 +33,11 @@ class IndexPool:
     KEEP = 2
     MAX_BACKOFF_S = 300.0
 
-    def __init__(self, store: ArtifactStore, cfg: IndexConfig, retry_base_s: float = 2.0):
+    def __init__(self, store: ArtifactStore, cfg: IndexConfig, retry_base_s: float = 2.0,
+                 on_loaded: Callable[[str], None] | None = None, on_error: Callable[[], None] | None = None):
+        """`on_loaded(version)` / `on_error()` are told of each load and each refused version (metrics)."""
         self.store, self.cfg, self.retry_base_s = store, cfg, retry_base_s
+        self.on_loaded, self.on_error = on_loaded or (lambda version: None), on_error or (lambda: None)
         self.loaded: OrderedDict[str, Retriever] = OrderedDict()
         self.pinned: str | None = None
         self.error: str | None = None
@@ -70,6 +74,7 @@ class IndexPool:
                 self.failed[version] = (failures + 1, time.monotonic() + delay)
                 self._set_error(f"{e} (next try in {delay:.0f} s)")
                 log.error("index reload refused: %s", self.error)
+                self.on_error()
                 return
             self.failed.pop(version, None)
             self.loaded[version] = retriever
@@ -77,6 +82,7 @@ class IndexPool:
                 self.loaded.popitem(last=False)
             self.error = None
             log.info("serving index %s", version)
+            self.on_loaded(version)
 
     def _set_error(self, message: str) -> None:
         """Errors reach clients (/readyz): never with the storage root's absolute path."""

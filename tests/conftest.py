@@ -81,13 +81,17 @@ def publish_model(store, model) -> str:
 # --------------------------------------------------------------------------- Ray
 
 
+# Where that Ray instance's metrics agent serves Prometheus text (http://127.0.0.1:<port>/metrics).
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance (2 CPUs, no dashboard) shared by every test that runs a pipeline."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

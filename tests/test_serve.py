@@ -721,5 +721,64 @@ def test_split_topology_with_api_keys_serves_the_same_results(app, client, tmp_p
         vector = [0.0] * 32
         with pytest.raises(VersionNotLoaded):
             retriever.search.remote("v20991231-000000-000-abcdef", vector, 3, None, None, False, True).result()
+
+        # A Retriever replica dies: while Serve replaces it, answers are 200 or 503, never 500.
+        import ray
+
+        name = next(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                    if "split" in a["name"] and "RetrieverDeployment" in a["name"])
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        statuses, deadline = [], time.time() + 60
+        auth = {"Authorization": "Bearer secret-one"}
+        while time.time() < deadline and len(statuses) < 400:
+            r = client.post("/split/v1/search", json=body, headers=auth)
+            statuses.append(r.status_code)
+            if r.status_code == 503:
+                assert r.headers.get("retry-after"), r.text
+            if len(statuses) > 5 and statuses[-3:] == [200, 200, 200]:
+                break
+            time.sleep(0.05)
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses[-1] == 200, statuses
     finally:
         serve.delete("split")
+
+
+def test_health_stays_fast_while_clients_upload_huge_images(app):
+    """8 clients upload 39-megapixel PNGs at once: decoding runs in worker threads behind admission
+    control, so /healthz on the same replica keeps answering quickly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import bomb_png
+
+    png = bomb_png(6245, 6245)  # 39.0 Mpx, under the 40 Mpx cap: decoded for real
+    assert len(png) < CAP
+    stop = threading.Event()
+
+    def uploader(_):
+        codes = []
+        with httpx.Client(base_url=app.base, timeout=60) as c:
+            for _ in range(2):
+                codes.append(upload(c, "/v1/search/image", png, k=3).status_code)
+        return codes
+
+    health = []
+
+    def prober():
+        with httpx.Client(base_url=app.base, timeout=10) as c:
+            while not stop.is_set() and len(health) < 500:
+                t = time.perf_counter()
+                assert c.get("/healthz").status_code == 200
+                health.append(time.perf_counter() - t)
+                time.sleep(0.02)
+
+    probe = threading.Thread(target=prober, daemon=True)
+    probe.start()
+    with ThreadPoolExecutor(8) as pool:
+        codes = [c for cs in pool.map(uploader, range(8)) for c in cs]
+    stop.set()
+    probe.join(30)
+    assert set(codes) <= {200, 503} and 200 in codes, codes  # admitted ones answer, the rest are told to retry
+    health.sort()
+    p99 = health[int(0.99 * (len(health) - 1))]
+    assert len(health) >= 20 and p99 < 0.2, f"/healthz p99 {p99 * 1000:.0f} ms over {len(health)} probes"
