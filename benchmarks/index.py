@@ -16,7 +16,7 @@ plus a low-rank offset (norm 0.4-0.9, in a shared 32-d subspace) plus small isot
 then normalised, so neighbourhoods look more like embeddings (low intrinsic dimension) than
 isotropic Gaussian noise does.
 
-Part 2 (quality). The published index (artifacts/indexes/current.json) loaded as a SearchService
+Part 2 (quality). The published index (artifacts/indexes/current.json) loaded by SearchService.local
 with the config's index settings; the held-out queries of `mmray.evalset.build_queries` over the
 test-split items; each query ranks ONLY the held-out items (every other row excluded), uncollapsed,
 three ways:
@@ -216,21 +216,21 @@ def run_quality(args) -> None:
     from mmray.config import load_config
     from mmray.evalset import build_queries, relevance_matrix
     from mmray.metrics import ndcg_at_k, recall_at_k
-    from mmray.search import SearchService
-    from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore
+    from mmray.search import NotReady, SearchService
+    from mmray.storage import ArtifactError, ArtifactStore
     from mmray.training.data import current_dataset, load_items
 
     cfg = load_config(args.config)
-    try:
-        index = ArtifactStore.from_config(cfg.storage).resolve(INDEX_KIND, hint="run `python -m jobs.build_index` first")
-        dataset = current_dataset(cfg)
-    except ArtifactError as e:
-        raise SystemExit(f"error: {e}") from None
-    folder = index.ref
     print("\n== Part 2: quality on the shipped catalog's held-out queries")
     t0 = time.perf_counter()
-    service = SearchService.load(index, cfg.index)
-    retriever = service.retriever
+    try:
+        service = SearchService.local(ArtifactStore.from_config(cfg.storage), cfg.index)
+        dataset = current_dataset(cfg)
+    except (ArtifactError, NotReady) as e:
+        raise SystemExit(f"error: {e}") from None
+    retriever = service.backend.indexes.newest
+    embedder = service.backend.models.get(retriever.manifest["parents"]["model"])
+    folder = retriever.version
     test_items = load_items(dataset, split="test")
     test_ids = [it["id"] for it in test_items]
     missing = [i for i in test_ids if i not in retriever.row_of]
@@ -249,7 +249,7 @@ def run_quality(args) -> None:
     print(f"   {n} held-out items ({len(set(it['product_id'] for it in test_items))} products), "
           f"{len(queries)} queries; each query ranks only the held-out rows (collapse=False, k={n})")
 
-    vecs = service.embedder.embed_texts([q.text for q in queries])
+    vecs = embedder.embed_texts([q.text for q in queries])
     # Columns n.. are K placeholder rows with relevance 0: they fill top-k slots a ranking leaves
     # empty (BM25 returns only rows that match a query term), without changing recall or ideal DCG.
     pad = K

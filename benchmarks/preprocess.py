@@ -189,13 +189,14 @@ def run_stage(cfg, workdir: Path) -> tuple[float, int]:
 
     from mmray.catalog import catalog_folder, list_catalog_files
     from mmray.preprocess import image_stage, parse_catalog
+    from mmray.storage import ArtifactStore
 
     data = cfg.data
     chunks, _ = parse_catalog(list_catalog_files(data.catalog), data)
     ray.wait(chunks, num_returns=len(chunks))
     image_root = data.image_root or catalog_folder(data.catalog)
     t0 = time.perf_counter()
-    ds = image_stage(chunks, data, image_root, {}, str(workdir / "items")).materialize()
+    ds = image_stage(chunks, data, image_root, {}, ArtifactStore(str(workdir)), str(workdir / "items")).materialize()
     wall = time.perf_counter() - t0
     status = pa.concat_tables(ray.get(ds.select_columns(["status"]).to_arrow_refs()))["status"]
     shutil.rmtree(workdir, ignore_errors=True)
@@ -250,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             run_loop(paths[:WARMUP_IMAGES], cfg.data)
             # small shards, so that every Ray worker runs (and imports) at least once
             run_pipeline(cfg.model_copy(update={"data": cfg.data.model_copy(
-                update={"catalog": str(small), "rows_per_shard": max(1, WARMUP_IMAGES // (2 * args.cpus))})}),
+                # its absolute image paths lie in the big catalog's folder: make that the image root
+                update={"catalog": str(small), "image_root": str(catalog.parent),
+                        "rows_per_shard": max(1, WARMUP_IMAGES // (2 * args.cpus))})}),
                 tmp / "warm-out")
         loops, pipes, stages, report = [], [], [], None
         meter = CpuMeter()

@@ -13,21 +13,24 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmray.config import IndexConfig
 from mmray.images import to_rgb
 from mmray.model import unwrap_model
+
+_BATCH = IndexConfig().embed_batch_size
 
 
 class Embedder:
     """Batch text/image embedding with one model in eval mode, no gradients."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = 64, text_max_tokens: int | None = None):
+    def __init__(self, model: torch.nn.Module, batch_size: int = _BATCH, text_max_tokens: int | None = None):
         self.model = unwrap_model(model).eval()  # callers that train restore their mode
         self.batch_size = batch_size
         self.text_max_tokens = text_max_tokens
         self.transform = self.model.image_transform(train=False)
 
     @classmethod
-    def from_checkpoint(cls, folder: str, batch_size: int = 64) -> "Embedder":
+    def from_checkpoint(cls, folder: str, batch_size: int = _BATCH) -> "Embedder":
         from mmray.model import load_checkpoint
 
         return cls(load_checkpoint(folder)[0], batch_size)

@@ -1,15 +1,20 @@
-"""Safe image decoding: format by magic bytes, size and pixel caps, EXIF orientation, resize.
+"""Safe image reading and decoding: format by magic bytes, size and pixel caps, EXIF orientation,
+resize; remote reads with timeouts.
 
 The same `decode_image` guards the preprocessing job and the HTTP upload routes, so an image
 the server refuses is one the pipeline would have quarantined, for the same reason.
 """
 from __future__ import annotations
 
+import datetime
+import functools
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 
+import pyarrow.fs as pafs
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmray.storage import resolve_filesystem
@@ -111,10 +116,14 @@ def encode_image(im: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes
     return buf.getvalue()
 
 
-def read_image_bytes(ref: str, max_bytes: int) -> bytes:
-    """Read an image file (local path or URI), refusing one over `max_bytes` before reading it."""
+def read_image_bytes(ref: str, max_bytes: int, timeout_s: float | None = None) -> bytes:
+    """Read an image file (local path or URI), refusing one over `max_bytes` before reading it.
+
+    `ref` must be one that mmray.catalog.resolve_image_ref let through. `timeout_s` bounds each
+    request to s3:// and gs:// (None: pyarrow's defaults); a failed read is `image_read_failed`.
+    """
     try:
-        fs, path = resolve_filesystem(ref)
+        fs, path = _image_filesystem(ref, timeout_s)
         info = fs.get_file_info(path)
     except (OSError, ValueError) as e:
         raise ImageRejected("missing_image", f"cannot open {ref}: {e}") from None
@@ -122,8 +131,44 @@ def read_image_bytes(ref: str, max_bytes: int) -> bytes:
         raise ImageRejected("missing_image", f"image file not found: {ref}")
     if info.size is not None and info.size > max_bytes:
         raise ImageRejected("file_too_large", f"{ref} is {info.size} bytes > limit {max_bytes}")
-    with fs.open_input_stream(path) as f:
-        return f.read(max_bytes + 1)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read(max_bytes + 1)
+    except OSError as e:  # a timeout, a connection lost mid-read, a file we may not read
+        raise ImageRejected("image_read_failed", f"cannot read {ref}: {e}") from None
+
+
+def _image_filesystem(uri: str, timeout_s: float | None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem to read `uri` through: with timeouts for s3:// and gs://, else the usual one."""
+    if timeout_s is not None and uri.startswith("s3://"):
+        path = uri[len("s3://"):]
+        # FileSystem.from_uri takes no timeouts, and the S3FileSystem constructor, unlike from_uri,
+        # ignores AWS_ENDPOINT_URL (pyarrow 26): pass it on. With neither an endpoint nor a region
+        # set, the bucket's own region is looked up, as from_uri does.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+        if region is None and endpoint is None:
+            region = _bucket_region(path.split("/", 1)[0])
+        return _s3_filesystem(timeout_s, endpoint, region), path
+    if timeout_s is not None and uri.startswith(("gs://", "gcs://")):
+        return _gcs_filesystem(timeout_s), uri.split("://", 1)[1]
+    return resolve_filesystem(uri)
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_region(bucket: str) -> str:
+    return pafs.resolve_s3_region(bucket)
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(timeout_s: float, endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    return pafs.S3FileSystem(endpoint_override=endpoint, region=region, connect_timeout=timeout_s,
+                             request_timeout=timeout_s)
+
+
+@functools.lru_cache(maxsize=4)
+def _gcs_filesystem(timeout_s: float) -> pafs.GcsFileSystem:
+    return pafs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=timeout_s))
 
 
 def content_hash(data: bytes) -> str:

@@ -26,6 +26,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mmray.catalog import (
+    ITEM_SCHEMA,
+    KEY_SCHEMA,
+    QUARANTINE_DROP,
     RECORD_SCHEMA,
     CatalogError,
     catalog_folder,
@@ -42,10 +45,6 @@ from mmray.storage.fs import write_bytes
 
 log = logging.getLogger(__name__)
 
-ITEM_SCHEMA = RECORD_SCHEMA.append(pa.field("images", pa.list_(pa.binary()))) \
-    .append(pa.field("image_sha256", pa.list_(pa.string())))
-QUARANTINE_DROP = ["images", "image_sha256", "captions", "text"]
-KEY_SCHEMA = pa.schema([RECORD_SCHEMA.field(name) for name in ("id", "pos", "status")])
 BLOCKS_PER_CPU = 1
 
 
@@ -57,7 +56,7 @@ def parse_file(path: str, file_index: int, cfg: DataConfig) -> pa.Table:
     records = []
     name = path.rsplit("/", 1)[-1]
     try:
-        rows = list(iter_raw_rows(path))
+        rows = list(iter_raw_rows(path, cfg.max_field_chars))
     except Exception as e:  # e.g. a corrupt Parquet file  # noqa: BLE001
         rec = empty_record()
         rec.update(pos=file_index << 32, source=name, status="quarantined", reason="unreadable_file",
@@ -107,7 +106,7 @@ def process_images(batch: pa.Table, cfg: DataConfig, image_root: str, duplicate_
             continue
         for ref in refs:
             try:
-                encoded, sha = process_image_ref(resolve_image_ref(ref, image_root), cfg)
+                encoded, sha = process_image_ref(resolve_image_ref(ref, image_root, cfg.allowed_image_uris), cfg)
             except ImageRejected as e:
                 status[i], reason[i], detail[i] = "quarantined", e.reason, f"{ref}: {e.detail}"[:500]
                 images[i], hashes[i] = [], []
@@ -123,7 +122,7 @@ def process_images(batch: pa.Table, cfg: DataConfig, image_root: str, duplicate_
 
 def process_image_ref(ref: str, cfg: DataConfig) -> tuple[bytes, str]:
     """One image reference -> (resized encoded bytes, SHA-256 of the original file)."""
-    data = read_image_bytes(ref, cfg.max_image_bytes)
+    data = read_image_bytes(ref, cfg.max_image_bytes, cfg.image_read_timeout_s)
     decoded = decode_image(data, max_side=cfg.image_size, allowed_formats=list(cfg.allowed_image_formats),
                            max_pixels=cfg.max_image_pixels, max_bytes=cfg.max_image_bytes)
     return encode_image(decoded.image, cfg.image_format, cfg.image_quality), content_hash(data)
@@ -252,7 +251,8 @@ def process_block(block: pa.Table, cfg: DataConfig, image_root: str, duplicate_i
     shard = ""
     if ok.num_rows:
         shard = f"{shard_dir}/part-{block['pos'][0].as_py():016x}.parquet"
-        _write_parquet(store.fs, shard, ok.append_column("group", ok["product_id"]), raw_columns=("images",))
+        _write_parquet(store.fs, shard, ok.append_column("group", ok["product_id"]).cast(ITEM_SCHEMA),
+                       raw_columns=("images",))
     # What the driver needs: keys, status, hashes, and every field of a quarantined row (to show
     # why); the long text of ok rows is in the shard already and stays out of the driver.
     small = items.drop_columns(["images", "captions", "text"])
@@ -349,7 +349,7 @@ def _regroup_shard(store: ArtifactStore, path: str, merged: dict[str, str]) -> N
     table = pq.read_table(path, filesystem=fs)
     group = pa.array([merged.get(i, g) for i, g in zip(table["id"].to_pylist(), table["group"].to_pylist())],
                      pa.string())
-    _write_parquet(fs, path, table.set_column(table.schema.get_field_index("group"), "group", group),
+    _write_parquet(fs, path, table.set_column(table.schema.get_field_index("group"), "group", group).cast(ITEM_SCHEMA),
                    raw_columns=("images",))
 
 

@@ -115,7 +115,7 @@ class ModelPool:
 
     KEEP = 2
 
-    def __init__(self, store: ArtifactStore, batch_size: int = 64):
+    def __init__(self, store: ArtifactStore, batch_size: int):
         self.store, self.batch_size = store, batch_size
         self.models: OrderedDict[str, Embedder] = OrderedDict()
         self._lock = threading.Lock()

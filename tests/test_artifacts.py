@@ -299,3 +299,11 @@ def test_store_survives_pickling_for_ray_workers(store):
     v = publish(store)
     clone = pickle.loads(pickle.dumps(store))
     assert clone.resolve(KIND).name == v.name
+
+
+def test_the_local_cache_keeps_the_newest_copies_only(tmp_path, s3_bucket):
+    store = ArtifactStore(f"s3://{s3_bucket}/mmray", cache_dir=str(tmp_path / "cache"), keep_versions=10)
+    folders = [publish(store, bytes([i])).local_dir() for i in range(5)]
+    assert [os.path.exists(f) for f in folders] == [False, False, True, True, True]
+    with open(os.path.join(folders[-1], "data", "blob.bin"), "rb") as f:
+        assert f.read() == bytes([4])

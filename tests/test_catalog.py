@@ -1,9 +1,10 @@
-"""Catalog schema: readers (JSONL, Parquet, CSV), row validation, text cleaning, captions, split."""
+"""Catalog: schema, readers (JSONL, Parquet, CSV), row validation, text cleaning, captions, split, image refs."""
 from __future__ import annotations
 
 import collections
 import json
 import math
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,8 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmray.catalog import (
+    INDEX_META_COLUMNS,
+    ITEM_SCHEMA,
+    RECORD_SCHEMA,
+    TRAIN_COLUMNS,
     CatalogError,
-    _clean_text_full,
     assign_split,
     build_captions,
     catalog_folder,
@@ -25,7 +29,10 @@ from mmray.catalog import (
     normalize_row,
     resolve_image_ref,
 )
+from mmray.catalog.readers import RAW_PREVIEW_CHARS
+from mmray.catalog.text import _clean_text_full
 from mmray.config import CaptionConfig, DataConfig, load_config
+from mmray.images import ImageRejected
 
 CFG = DataConfig()
 
@@ -306,14 +313,121 @@ def test_list_catalog_files(tmp_path):
     assert list_catalog_files(str(folder / "a.jsonl")) == [str(folder / "a.jsonl")]
 
 
-def test_image_refs_resolve_against_the_catalog_folder(tmp_path):
+def test_csv_oversized_field_quarantines_its_row_alone(tmp_path):
+    # a quoted 200 KB field, spanning lines and holding commas: past csv's own 131072 limit
+    long = ("Soft, warm\nand " * 14_000)[:200_000]
+    path = write_csv(tmp_path / "c.csv", [{"id": "a", "title": "A", "images": ["a.jpg"]},
+                                          {"id": "b", "title": "B", "description": long, "images": ["b.jpg"]},
+                                          {"id": "c", "title": "C", "images": ["c.jpg"]}])
+    got = list(iter_raw_rows(str(path), max_field_chars=DataConfig().max_field_chars))
+    assert [(n, row["id"] if row else None, error.split(":")[0] if error else None) for n, row, _raw, error in got] \
+        == [(1, "a", None), (2, None, "field_too_large"), (3, "c", None)]
+    assert got[1][3] == "field_too_large: 'description' has 200000 characters > limit 131072"
+    assert got[1][2].startswith('{"id": "b"') and len(got[1][2]) == RAW_PREVIEW_CHARS
+    assert [r["id"] for _n, r, _raw, _e in iter_raw_rows(str(path))] == ["a", "b", "c"]  # no cap: all parse
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_column_subsets_are_columns_of_the_stored_items():
+    assert ITEM_SCHEMA.names == [*RECORD_SCHEMA.names, "images", "image_sha256", "group"]
+    assert set(TRAIN_COLUMNS) <= set(ITEM_SCHEMA.names) and set(INDEX_META_COLUMNS) <= set(ITEM_SCHEMA.names)
+
+
+# --------------------------------------------------------------------------- image references
+
+
+def test_catalog_folder(tmp_path):
     (tmp_path / "c.jsonl").write_text("")
     assert catalog_folder(str(tmp_path / "c.jsonl")) == str(tmp_path)
     assert catalog_folder(str(tmp_path) + "/") == str(tmp_path)
-    assert resolve_image_ref("images/a.jpg", str(tmp_path)) == f"{tmp_path}/images/a.jpg"
-    assert resolve_image_ref("/abs/a.jpg", str(tmp_path)) == "/abs/a.jpg"
-    assert resolve_image_ref("s3://b/a.jpg", str(tmp_path)) == "s3://b/a.jpg"
-    assert resolve_image_ref("a.jpg", "s3://bucket/cat/") == "s3://bucket/cat/a.jpg"
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    """A catalog folder with one image, links inside and out, and a secret file beside it."""
+    root = tmp_path / "cat"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "a.jpg").write_bytes(b"a")
+    (tmp_path / "secret.jpg").write_bytes(b"s")
+    (root / "images" / "link_out.jpg").symlink_to(tmp_path / "secret.jpg")
+    (root / "images" / "link_in.jpg").symlink_to(root / "images" / "a.jpg")
+    (root / "dir_out").symlink_to(tmp_path)
+    return os.path.realpath(root)
+
+
+ALLOWED = ["s3://shop/", "gs://bucket/photos"]
+
+
+def refused(ref: str, root: str, allowed=ALLOWED) -> ImageRejected:
+    with pytest.raises(ImageRejected) as e:
+        resolve_image_ref(ref, root, allowed)
+    return e.value
+
+
+def test_refs_inside_the_root_and_allowed_uris_resolve(image_root):
+    a = f"{image_root}/images/a.jpg"
+    for ref in ("images/a.jpg", "./images/a.jpg", "images/../images/a.jpg", a, "images/link_in.jpg"):
+        assert resolve_image_ref(ref, image_root, ALLOWED) == a, ref
+    assert resolve_image_ref("images/absent.jpg", image_root) == f"{image_root}/images/absent.jpg"  # read says missing
+    assert resolve_image_ref("images/a.jpg", f"file://{image_root}") == a
+    assert resolve_image_ref("s3://shop/x/y.jpg", image_root, ALLOWED) == "s3://shop/x/y.jpg"
+    assert resolve_image_ref("S3://shop/y.jpg", image_root, ALLOWED) == "s3://shop/y.jpg"
+    assert resolve_image_ref("gs://bucket/photos/p.jpg", image_root, ALLOWED) == "gs://bucket/photos/p.jpg"
+
+
+@pytest.mark.parametrize("ref, reason", [
+    ("../secret.jpg", "image_ref_outside_root"),
+    ("images/../../secret.jpg", "image_ref_outside_root"),
+    ("/etc/passwd", "image_ref_outside_root"),
+    ("images/link_out.jpg", "image_ref_outside_root"),   # a link inside the folder, pointing out
+    ("dir_out/secret.jpg", "image_ref_outside_root"),    # a linked folder
+    ("file:///etc/passwd", "image_ref_not_allowed"),
+    ("FILE:///etc/passwd", "image_ref_not_allowed"),
+    ("s3://other/x.jpg", "image_ref_not_allowed"),
+    ("s3://shop-evil/x.jpg", "image_ref_not_allowed"),   # a prefix matches whole segments only
+    ("gs://bucket/private/x.jpg", "image_ref_not_allowed"),
+    ("gs://bucket/photos-2/x.jpg", "image_ref_not_allowed"),
+    ("gcs://bucket/photos/x.jpg", "image_ref_not_allowed"),
+    ("https://evil.example/x.jpg", "image_ref_not_allowed"),
+    ("images/x://y.jpg", "image_ref_not_allowed"),
+    ("s3://shop/x.jpg?endpoint_override=http://evil", "image_ref_has_query"),
+    ("s3://shop/x.jpg#part", "image_ref_has_query"),
+    ("s3://shop/../other/x.jpg", "image_ref_outside_root"),
+    ("gs://bucket/photos/%2e%2e/private/x.jpg", "image_ref_outside_root"),
+    ("", "image_ref_invalid"),
+    ("images/a.jpg\x00.png", "image_ref_invalid"),
+])
+def test_refused_refs_name_their_reason(image_root, ref, reason):
+    assert refused(ref, image_root).reason == reason
+
+
+def test_a_link_out_of_the_root_says_so(image_root):
+    err = refused("images/link_out.jpg", image_root)
+    assert "through a symbolic link" in err.detail and "secret.jpg" in err.detail
+
+
+def test_refs_under_a_remote_root(image_root):
+    root = "s3://b/catalog/"
+    assert resolve_image_ref("images/a.jpg", root) == "s3://b/catalog/images/a.jpg"
+    assert resolve_image_ref("./images/a.jpg", "s3://b/catalog") == "s3://b/catalog/images/a.jpg"
+    assert resolve_image_ref("s3://b/catalog/images/a.jpg", root) == "s3://b/catalog/images/a.jpg"
+    assert resolve_image_ref("s3://shop/a.jpg", root, ALLOWED) == "s3://shop/a.jpg"
+    for ref, reason in [("../other/x.jpg", "image_ref_outside_root"), ("images/../../x.jpg", "image_ref_outside_root"),
+                        ("/etc/passwd", "image_ref_outside_root"), (f"{image_root}/images/a.jpg", "image_ref_outside_root"),
+                        ("images/a.jpg?endpoint_override=http://evil", "image_ref_has_query"),
+                        ("s3://b/catalog-other/x.jpg", "image_ref_not_allowed"), ("s3://b/x.jpg", "image_ref_not_allowed"),
+                        ("file:///etc/passwd", "image_ref_not_allowed")]:
+        assert refused(ref, root).reason == reason, ref
+
+
+@pytest.mark.parametrize("prefix", ["file:///data/", "s3://", "shop/images/", "s3://b/x?endpoint_override=y",
+                                    "s3://b/../c/", "s3://b/#x"])
+def test_allowed_image_uris_must_be_uri_prefixes(prefix):
+    with pytest.raises(ValueError, match="is not a URI prefix"):
+        DataConfig(allowed_image_uris=[prefix])
+    assert DataConfig(allowed_image_uris=["s3://shop-images/", "gs://b/photos"]).allowed_image_uris
 
 
 # --------------------------------------------------------------------------- captions

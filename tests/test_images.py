@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
+import time
 import warnings
 
 import pytest
@@ -165,6 +167,29 @@ def test_read_image_bytes(tmp_path):
     assert err.reason == "missing_image" and "nope.jpg" in err.detail
     err = pytest.raises(ImageRejected, read_image_bytes, str(tmp_path), max_bytes=10**6).value
     assert err.reason == "missing_image"
+    assert read_image_bytes(str(path), max_bytes=len(data), timeout_s=5) == data  # local reads ignore the timeout
+
+
+def test_read_image_bytes_from_s3_with_a_timeout_reaches_aws_endpoint_url(s3_bucket):
+    # the timeout needs our own S3FileSystem, whose constructor does not read AWS_ENDPOINT_URL itself
+    import boto3
+
+    data = jpeg_bytes(32, 32)
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="images/a.jpg", Body=data)
+    assert read_image_bytes(f"s3://{s3_bucket}/images/a.jpg", max_bytes=len(data), timeout_s=5) == data
+    err = pytest.raises(ImageRejected, read_image_bytes, f"s3://{s3_bucket}/images/nope.jpg", 10**6, 5).value
+    assert err.reason == "missing_image"
+
+
+def test_read_image_bytes_gives_up_on_a_server_that_never_answers(monkeypatch):
+    with socket.socket() as silent:  # accepts connections (the backlog) and never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        start = time.monotonic()
+        err = pytest.raises(ImageRejected, read_image_bytes, "s3://shop/a.jpg", 10**6, 0.5).value
+        assert err.reason == "missing_image" and "s3://shop/a.jpg" in err.detail
+        assert time.monotonic() - start < 30  # retries of 0.5 s requests; pyarrow's defaults wait ~100 s here
 
 
 def test_encode_image_and_content_hash():

@@ -89,6 +89,16 @@ def test_parse_file_accounts_for_every_line(tmp_path):
     assert rows[0]["raw"] == "" and rows[1]["raw"] == "{broken" and "no id" in rows[2]["raw"]
 
 
+def test_parse_file_csv_oversized_field_quarantines_only_its_row(tmp_path):
+    path = write_csv(tmp_path / "c.csv", [{"id": "a", "title": "A", "images": ["a.jpg"]},
+                                          {"id": "b", "title": "B", "description": "x" * 200_000, "images": ["b.jpg"]},
+                                          {"id": "c", "title": "C", "images": ["c.jpg"]}])
+    rows = parse_file(str(path), 0, DataConfig()).to_pylist()
+    assert [(r["source"], r["status"], r["reason"]) for r in rows] == [
+        ("c.csv:1", "ok", ""), ("c.csv:2", "quarantined", "field_too_large"), ("c.csv:3", "ok", "")]
+    assert "'description' has 200000 characters" in rows[1]["detail"]
+
+
 def test_parse_file_unreadable_file_is_one_quarantined_record(tmp_path):
     bad = tmp_path / "c.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
@@ -115,7 +125,7 @@ def test_process_images_quarantines_later_duplicates(tmp_path):
     cfg = DataConfig()
     records = parse_file(str(path), 0, cfg)
     table = process_images(records, cfg, str(tmp_path), {"a": 1})
-    assert table.schema == ITEM_SCHEMA
+    assert table.schema == ITEM_SCHEMA.remove(ITEM_SCHEMA.get_field_index("group"))  # groups come with the shard
     assert table.drop_columns(["status", "reason", "detail", "images", "image_sha256"]).equals(
         records.drop_columns(["status", "reason", "detail"]))  # the text columns pass through as they were
     out = table.to_pylist()
@@ -144,7 +154,7 @@ def test_process_block_writes_its_ok_rows_as_one_shard(tmp_path):
         {"id": "b", "status": "quarantined", "reason": "not_an_image", "shard": ""},
         {"id": "c", "status": "ok", "reason": "", "shard": shard}]
     written = pq.read_table(shard)
-    assert written.column_names == [*ITEM_SCHEMA.names, "group"]
+    assert written.schema == ITEM_SCHEMA
     assert written.select(["id", "group"]).to_pylist() == [{"id": "a", "group": "P"}, {"id": "c", "group": "Q"}]
     assert [len(i) for i in written["images"].to_pylist()] == [1, 2]
 
@@ -319,6 +329,45 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path, ray_session, bad_images
     assert {i: r["group"] for i, r in items.items()} == {
         "MH01-Black": "MH01", "MH01-Gray": "MH01", "MH01-Orange": "MH01", "MH02-Black": "MH02",
         "OK-extra": "MH01", "OK-html": "MH01"}
+
+
+@pytest.mark.slow
+def test_image_refs_outside_the_catalog_are_quarantined(tmp_path, ray_session):
+    folder = tmp_path / "cat"
+    good = luma_rows(3)
+    copy_luma_images(good, folder)
+    secret = tmp_path / "secret.jpg"  # a real image beside the catalog folder: only the confinement stops it
+    secret.write_bytes(jpeg_bytes(40, 30))
+    (folder / "images" / "link.jpg").symlink_to(secret)
+    t = dict(good[0], product_id="T")
+    lines = [
+        *good,
+        dict(t, id="OK-absolute-inside", images=[str(folder / t["images"][0])]),
+        dict(t, id="BAD-dotdot", images=["../secret.jpg"]),
+        dict(t, id="BAD-absolute", images=[str(secret)]),
+        dict(t, id="BAD-symlink", images=["images/link.jpg"]),
+        dict(t, id="BAD-second-ref", images=[t["images"][0], "images/../../secret.jpg"]),
+        dict(t, id="BAD-file-uri", images=[f"file://{secret}"]),
+        dict(t, id="BAD-other-bucket", images=["s3://other/x.jpg"]),
+        dict(t, id="BAD-query", images=["s3://shop/x.jpg?endpoint_override=http://evil.example"]),
+        dict(t, id="BAD-nul", images=["images/a\x00.jpg"]),
+    ]
+    catalog = write_jsonl(folder / "catalog.jsonl", lines)
+    report = run_preprocess(config(tmp_path, catalog, "data.name=refs", 'data.allowed_image_uris=["s3://shop/"]'))
+    assert (report["rows_in"], report["rows_out"], report["rows_quarantined"]) == (12, 4, 8)
+    assert report["quarantined_by_reason"] == {"image_ref_outside_root": 4, "image_ref_not_allowed": 2,
+                                               "image_ref_has_query": 1, "image_ref_invalid": 1}
+    quarantine = {q["id"]: q for q in read_jsonl(dataset_dir(tmp_path, "refs") / "quarantine.jsonl")}
+    assert {i: q["reason"] for i, q in quarantine.items()} == {
+        "BAD-dotdot": "image_ref_outside_root", "BAD-absolute": "image_ref_outside_root",
+        "BAD-symlink": "image_ref_outside_root", "BAD-second-ref": "image_ref_outside_root",
+        "BAD-file-uri": "image_ref_not_allowed", "BAD-other-bucket": "image_ref_not_allowed",
+        "BAD-query": "image_ref_has_query", "BAD-nul": "image_ref_invalid"}
+    assert "through a symbolic link" in quarantine["BAD-symlink"]["detail"]
+    items = pq.read_table(dataset_dir(tmp_path, "refs") / "items").to_pylist()
+    assert sorted(i["id"] for i in items) == sorted([*(r["id"] for r in good), "OK-absolute-inside"])
+    leaked = hashlib.sha256(secret.read_bytes()).hexdigest()
+    assert all(leaked not in i["image_sha256"] for i in items)
 
 
 @pytest.mark.slow

@@ -198,6 +198,9 @@ def test_text_search_returns_complete_results_with_images(app, client):
         assert img.content[:3] == b"\xff\xd8\xff"
     assert_error(client.get(f"/images/{app.version}/99999.jpg"), 404, "not_found")
     assert_error(client.get("/images/v-none/0.jpg"), 404, "not_found")
+    for name in ("\u00b2.jpg", "\u0663.jpg", "9" * 4000 + ".jpg", "-1.jpg", "0.png", "..%2F..%2Fmanifest.json", "0.jpg.jpg"):
+        assert_error(client.get(f"/images/{app.version}/{name}"), 404, "not_found")
+    assert_error(client.get(f"/images/{'v' * 3000}/0.jpg"), 404, "not_found")
 
 
 @pytest.mark.parametrize("filters", [

@@ -1,11 +1,14 @@
 """Catalog ingestion and preprocessing settings (`jobs.preprocess`)."""
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mmray.config.base import StrictConfig
+
+_URI_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]+")  # scheme://bucket...
 
 
 class CaptionConfig(StrictConfig):
@@ -27,7 +30,11 @@ class DataConfig(StrictConfig):
     catalog: str = "data/luma/catalog.jsonl"
     """Catalog file or folder (JSONL, Parquet or CSV); a local path or s3:// / gs:// URI."""
     image_root: str | None = None
-    """Base for relative image references; defaults to the folder that holds the catalog file."""
+    """Base for relative image references; defaults to the folder that holds the catalog file. References
+    must name files inside it (after `..` and symbolic links are resolved) or match `allowed_image_uris`."""
+    allowed_image_uris: list[str] = []
+    """URI prefixes image references may name besides the image root, e.g. `["s3://shop-images/",
+    "gs://bucket/photos/"]`. Any other URI, `file://`, or a URI with a ?query or #fragment quarantines its row."""
     name: str = "luma"
     """Dataset name; each run publishes a new version of `<storage.root>/datasets/<name>/`."""
     image_size: int = Field(256, ge=32, le=2048)
@@ -42,10 +49,16 @@ class DataConfig(StrictConfig):
     """Width x height cap checked from the header before decoding (decompression-bomb guard)."""
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     """Image files larger than this are quarantined without being read whole."""
+    image_read_timeout_s: float = Field(30.0, gt=0)
+    """Seconds one request to object storage may take when reading an image (s3:// connect and request
+    timeouts, gs:// retry time limit); a read that runs out quarantines its row."""
     max_images_per_item: int = Field(8, ge=1, le=64)
     """Image references past this count are ignored."""
     max_text_chars: int = Field(20_000, ge=100)
     """Descriptions are cut to this many characters after cleaning."""
+    max_field_chars: int = Field(131_072, ge=1)
+    """Longest CSV field, in characters (csv's own default); a row with a longer one is quarantined
+    (`field_too_large`) and the rest of its file still parses."""
     unknown_columns: Literal["keep", "quarantine"] = "keep"
     """Rows with columns outside the schema: keep them (columns dropped, listed in the report) or quarantine."""
     caption: CaptionConfig = CaptionConfig()
@@ -60,3 +73,13 @@ class DataConfig(StrictConfig):
     """Share of products (never single variants) marked `split=test`."""
     seed: int = 0
     """Seed for the product-level split and caption order."""
+
+    @field_validator("allowed_image_uris")
+    @classmethod
+    def _uri_prefixes(cls, prefixes: list[str]) -> list[str]:
+        for prefix in prefixes:
+            if (not _URI_PREFIX_RE.match(prefix) or prefix.lower().startswith("file://") or "?" in prefix
+                    or "#" in prefix or ".." in prefix.split("/")):
+                raise ValueError(f"{prefix!r} is not a URI prefix such as s3://bucket/ or gs://bucket/photos/ "
+                                 "(a scheme and a bucket; no file://, ?query, #fragment or '..')")
+        return prefixes

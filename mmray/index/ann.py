@@ -9,6 +9,10 @@ import math
 import faiss
 import numpy as np
 
+from mmray.config import IndexConfig
+
+_DEFAULTS = IndexConfig()  # search-effort defaults live in the config, not here
+
 
 def auto_factory(n: int, dim: int) -> str:
     """Exact search while it is cheap, a graph index in the middle, compressed IVF-PQ at scale.
@@ -28,7 +32,7 @@ def auto_factory(n: int, dim: int) -> str:
 
 
 def build_ann(vectors: np.ndarray, factory: str, num_shards: int = 1, train_sample: int = 100_000,
-              seed: int = 0, nprobe: int = 32, ef_search: int = 128) -> faiss.Index:
+              seed: int = 0, nprobe: int = _DEFAULTS.nprobe, ef_search: int = _DEFAULTS.ef_search) -> faiss.Index:
     """An inner-product index of `vectors` (N, d) from a factory string; IVF/PQ train on a sample.
 
     With `num_shards > 1` the rows are split into contiguous ranges, one sub-index each, joined
@@ -80,7 +84,8 @@ def _ivf_of(index: faiss.Index):
         return None
 
 
-def set_search_effort(index: faiss.Index, nprobe: int = 32, ef_search: int = 128, k_factor: int = 8) -> None:
+def set_search_effort(index: faiss.Index, nprobe: int = _DEFAULTS.nprobe, ef_search: int = _DEFAULTS.ef_search,
+                      k_factor: int = 8) -> None:
     """Search-time knobs: IVF lists probed, HNSW beam width, re-ranked candidates of a refined
     (`...,RFlat`) index. Knobs an index does not have are skipped."""
     for name, value in (("nprobe", nprobe), ("efSearch", ef_search), ("k_factor_rf", k_factor)):
@@ -103,7 +108,7 @@ def save_ann(index: faiss.Index, folder: str) -> list[str]:
     return names
 
 
-def load_ann(paths: list[str], nprobe: int = 32, ef_search: int = 128) -> faiss.Index:
+def load_ann(paths: list[str], nprobe: int = _DEFAULTS.nprobe, ef_search: int = _DEFAULTS.ef_search) -> faiss.Index:
     """Read shard files back into one index (IndexShards when there are several)."""
     parts = [faiss.read_index(p) for p in paths]
     for part in parts:

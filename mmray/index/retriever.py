@@ -41,7 +41,7 @@ class Retriever:
     """One loaded index version."""
 
     def __init__(self, folder: str, manifest: dict, ann: faiss.Index, vectors: np.ndarray, meta: dict,
-                 lexical: LexicalIndex, rrf_k: int = 60):
+                 lexical: LexicalIndex, rrf_k: int):
         self.folder, self.manifest, self.ann, self.vectors, self.lexical = folder, manifest, ann, vectors, lexical
         self.meta, self.rrf_k = meta, rrf_k
         self.version = manifest["version"]

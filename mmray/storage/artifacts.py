@@ -301,7 +301,14 @@ class ArtifactStore:
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self._evict_cache(os.path.dirname(final))
         return final
+
+    def _evict_cache(self, folder: str, keep: int = 3) -> None:
+        """Keep the newest `keep` cached versions of a kind (a replica holds at most two loaded)."""
+        cached = sorted(n for n in os.listdir(folder) if VERSION_RE.fullmatch(n))
+        for name in cached[:-keep]:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 def _check_relpath(rel: str) -> str:

@@ -20,13 +20,11 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from mmray.catalog import TRAIN_COLUMNS as ITEM_COLUMNS
 from mmray.config import MmrayConfig, ModelConfig
 from mmray.storage import ArtifactStore, Version, dataset_kind, feature_cache_kind
 
 log = logging.getLogger(__name__)
-
-ITEM_COLUMNS = ["id", "product_id", "group", "title", "description", "category", "gender", "color", "attributes_json",
-                "price", "split", "captions", "text", "images"]
 
 
 def current_dataset(cfg: MmrayConfig) -> Version:
