@@ -32,7 +32,8 @@ quickstart: $(STAMP)
 # Prometheus metrics (ours and Ray Serve's) at http://127.0.0.1:$(METRICS_PORT)/metrics.
 serve: $(STAMP)
 	-$(BIN)/ray stop >/dev/null 2>&1
-	$(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=6380 --num-cpus=$(RAY_CPUS) \
+	env $$($(BIN)/python -m deployments.launch --config $(CONFIG) --print-ray-env) \
+		$(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=6380 --num-cpus=$(RAY_CPUS) \
 		--metrics-export-port=$(METRICS_PORT) --include-dashboard=false --disable-usage-stats >/dev/null
 	$(BIN)/python -m deployments.launch --config $(CONFIG)
 

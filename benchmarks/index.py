@@ -214,11 +214,11 @@ def _index_bytes(index) -> int:
 
 def run_quality(args) -> None:
     from mmray.config import load_config
+    from mmray.dataset import current_dataset, load_items
     from mmray.evalset import build_queries, relevance_matrix
     from mmray.metrics import ndcg_at_k, recall_at_k
     from mmray.search import NotReady, SearchService
     from mmray.storage import ArtifactError, ArtifactStore
-    from mmray.training.data import current_dataset, load_items
 
     cfg = load_config(args.config)
     print("\n== Part 2: quality on the shipped catalog's held-out queries")

@@ -10,7 +10,9 @@ What runs, in order (every level is bounded in requests AND wall time):
                  what a 1-CPU replica gets). c=1 back to back, then c=16 concurrent asyncio tasks.
   2. Serve       a private local Ray (own temp dir, loopback, no dashboard), serve.start on
                  127.0.0.1:<free port>, serve.run(build_app({"config": ...})): the app's own graph
-                 and options; waits for /readyz.
+                 and options; waits for /readyz. By default with Serve's direct ingress, as
+                 `make serve` runs it (the Ingress replica itself listens on the port); `--proxy`
+                 measures the classic path through Serve's HTTP proxy actor instead.
   3. HTTP load   a SEPARATE PROCESS (`--loadgen`): httpx.AsyncClient with keep-alive, closed loop,
                  c workers each sending its next POST /v1/search {"query", "k": 10} when the previous
                  answer is read; c=1, then c=16. Same queries as the in-process side.
@@ -185,7 +187,8 @@ def report(results: dict) -> str:
            f"serving     index {ready['index_version']}, model {ready['model_version']}; Serve up in "
            f"{results['startup_s']} s; {results['same_results']}/{results['checked']} check queries gave the same "
            f"top-{K} product ids over HTTP as in-process",
-           f"\n/v1/search, k={K}, {results['queries']} distinct queries (closed loop; HTTP load from a separate process)",
+           f"\n/v1/search, k={K}, {results['queries']} distinct queries (closed loop; HTTP load from a separate process; "
+           f"{results['path']})",
            head]
     out += [fmt_row("in-process SearchService", r) for r in results["inproc"]]
     out += [fmt_row("Serve HTTP /v1/search", r) for r in results["http"]]
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap-s", type=float, default=30.0, help="wall-time cap of every timed level")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch/FAISS threads of the in-process side")
     parser.add_argument("--ready-timeout-s", type=float, default=240.0)
+    parser.add_argument("--proxy", action="store_true", help="through Serve's HTTP proxy, not direct ingress")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few requests, short caps")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
@@ -261,16 +265,19 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from deployments.app import build_app
+    from mmray.config.serve import direct_ingress_env, http_options
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    serve_cfg = cfg.serve.model_copy(update={"host": "127.0.0.1", "port": free_port(), "proxy_port": free_port(),
+                                             "direct_ingress": not args.proxy})
+    base = f"http://127.0.0.1:{serve_cfg.port}"
+    results["path"] = "Serve HTTP proxy" if args.proxy else "direct ingress"
+    os.environ.update(direct_ingress_env(serve_cfg))  # read by the Serve controller this Ray starts
     tmp = tempfile.mkdtemp(prefix="rsb-")
     print(f"[{time.perf_counter() - t_start:5.0f}s] starting Ray + Serve on {base} ...", file=sys.stderr, flush=True)
     try:
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
                  _temp_dir=tmp, _node_ip_address="127.0.0.1")
-        serve.start(http_options={"host": "127.0.0.1", "port": port,
-                                  "keep_alive_timeout_s": cfg.serve.keep_alive_timeout_s})
+        serve.start(http_options=http_options(serve_cfg))
         t0 = time.perf_counter()
         serve.run(build_app({"config": args.config}), name=APP_NAME, route_prefix="/")
         results["ready"] = wait_ready(base, args.ready_timeout_s)

@@ -60,8 +60,9 @@ def load_rows(cfg, n: int) -> list[dict]:
     import numpy as np
     import pyarrow.parquet as pq
 
+    from mmray.dataset import current_dataset, item_paths
     from mmray.storage import ArtifactError
-    from mmray.training.data import current_dataset, explode_images, item_paths
+    from mmray.training.data import explode_images
 
     try:
         dataset = current_dataset(cfg)

@@ -10,7 +10,9 @@ sub-config; resources and limits come from `serve.*` through `.options()`.
 
 import asyncio
 import json
+import logging
 import re
+import sys
 
 from fastapi import FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import HTMLResponse, ORJSONResponse
@@ -102,6 +104,17 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+def _log_access_to_replica_log() -> None:
+    """Send mmray.access lines (INFO) where the replica's own log goes: its stderr, a Ray log file."""
+    access = logging.getLogger("mmray.access")
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+
+
 def _unavailable(code: str, message: str, retry_after_s: int) -> ApiError:
     return ApiError(503, code, message, {"Retry-After": str(retry_after_s)})
 
@@ -132,6 +145,7 @@ class Ingress:
         api.user_middleware.clear()
         api.add_middleware(BodyLimit, json_bytes=cfg.max_json_bytes, upload_bytes=cfg.max_upload_bytes)
         install_security(api, cfg)  # request ids + access log, API keys, rate limit, docs switch
+        _log_access_to_replica_log()
         api.add_middleware(HttpMetrics)  # outermost: every answer is counted, 401/413/429 included
         api.middleware_stack = None  # rebuilt with the limits on first request
 
@@ -168,11 +182,14 @@ class Ingress:
             raise ApiError(422, "invalid_request", f"{name}: longer than {self.cfg.max_query_chars} characters")
 
     @staticmethod
-    def results(res: SearchResults) -> dict:
-        return {"results": [{"product_id": h.product_id, "id": h.id, "title": h.title, "price": h.price,
-                             "score": h.score, "retrievers": h.retrievers, "variants": h.variants,
-                             "image_url": f"/images/{res.index_version}/{h.row}.jpg"} for h in res.hits],
-                "index_version": res.index_version, "took_ms": res.took_ms}
+    def results(res: SearchResults) -> ORJSONResponse:
+        """The response, serialised straight away: its shape is `SearchResponse` by construction, so
+        FastAPI's second validation pass over every result is skipped (a measurable share of a request)."""
+        return ORJSONResponse({"results": [{"product_id": h.product_id, "id": h.id, "title": h.title,
+                                            "price": h.price, "score": h.score, "retrievers": h.retrievers,
+                                            "variants": h.variants, "image_url": f"/images/{res.index_version}/{h.row}.jpg"}
+                                           for h in res.hits],
+                               "index_version": res.index_version, "took_ms": res.took_ms})
 
     async def read_image(self, upload: UploadFile) -> bytes:
         """Read, check and decode an upload in a worker thread (at most `max_concurrent_decodes`
@@ -308,7 +325,9 @@ def _options(d: DeploymentConfig, retry_after_s: int) -> dict:
     # Serve's own queue limit is the outer guard; its 503s carry Retry-After too.
     opts = {"ray_actor_options": {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus},
             "max_ongoing_requests": d.max_ongoing_requests, "max_queued_requests": d.max_queued_requests,
-            "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s}}
+            "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s},
+            # mmray.access logs each request once (deployments/security.py); Serve's own line would be a second
+            "logging_config": {"enable_access_log": False}}
     if d.num_replicas == "auto":
         opts["autoscaling_config"] = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
                                       "target_ongoing_requests": d.target_ongoing_requests}

@@ -1,7 +1,8 @@
 """Deploy the app to the running Ray cluster (or a new local one), wait until it is ready, and
 print example requests with their real answers. The app keeps serving after this exits.
 
-    python -m deployments.launch --config configs/local.yaml [--host 127.0.0.1 --port 8000]
+    python -m deployments.launch --config configs/local.yaml [--set serve.port=8000]
+    python -m deployments.launch --print-ray-env     # what `ray start` needs for serve.direct_ingress
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import urllib.request
 import uuid
 
 from mmray.config import ConfigError, load_config
+from mmray.config.serve import direct_ingress_env, http_options
 from mmray.runtime import run_job, setup_logging
 
 
@@ -73,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/local.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--address", default="auto", help="Ray cluster to deploy to ('local' starts one here)")
+    parser.add_argument("--print-ray-env", action="store_true",
+                        help="print the environment Ray must be started with for this config, and exit")
     args = parser.parse_args(argv)
     setup_logging()
+    if args.print_ray_env:
+        print(" ".join(f"{k}={v}" for k, v in direct_ingress_env(load_config(args.config, args.set).serve).items()))
+        return 0
 
     def body() -> int:
         import ray
@@ -85,12 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.set)
         ray.init(address=None if args.address == "local" else args.address, include_dashboard=False,
                  log_to_driver=False)
-        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port,
-                                  "request_timeout_s": cfg.serve.request_timeout_s * 2})
+        serve.start(http_options=http_options(cfg.serve))
         serve.run(build_app({"config": args.config, "overrides": args.set}), name="mmray", route_prefix="/",
                   blocking=False)
         base = f"http://{cfg.serve.host}:{cfg.serve.port}"
-        ready = wait_ready(base)
+        try:
+            ready = wait_ready(base)
+        except TimeoutError:
+            if cfg.serve.direct_ingress:
+                env = " ".join(f"{k}={v}" for k, v in direct_ingress_env(cfg.serve).items())
+                raise TimeoutError(f"nothing answers on {base}: serve.direct_ingress is on, so Ray must be started "
+                                   f"with {env} (make serve does this), or set serve.direct_ingress=false") from None
+            raise
         print(f"\nmmray is serving at {base}  (index {ready['index_version']}, model {ready['model_version']})")
         print(f"demo page: {base}/   API docs: {base}/docs\n")
         for method, path, payload in EXAMPLES:

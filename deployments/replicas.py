@@ -128,6 +128,10 @@ class HandleBackend:
     async def search(self, *, version, vector, k, filters, query_text, hybrid, collapse) -> list[Hit]:
         return await self.retriever.search.remote(version, vector, k, filters, query_text, hybrid, collapse)
 
+    async def search_text(self, *, version, model, query, k, filters, hybrid, collapse) -> list[Hit]:
+        vector = await self.embedder.embed_text.remote((query, model))
+        return await self.retriever.search.remote(version, vector, k, filters, query, hybrid, collapse)
+
     async def similar(self, *, version, product_id, k, filters) -> list[Hit] | None:
         return await self.retriever.similar.remote(version, product_id, k, filters)
 

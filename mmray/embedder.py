@@ -72,3 +72,10 @@ def fuse(image_vecs: np.ndarray, text_vecs: np.ndarray, image_weight: float) -> 
     """Item vector: normalise(w * image + (1 - w) * text); rows are items."""
     v = image_weight * image_vecs + (1.0 - image_weight) * text_vecs
     return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def item_image_vectors(image_vecs: np.ndarray, owner: np.ndarray, n_items: int) -> np.ndarray:
+    """Mean of each item's image vectors, renormalised."""
+    sums = np.zeros((n_items, image_vecs.shape[1]), dtype=np.float32)
+    np.add.at(sums, owner, image_vecs)
+    return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)

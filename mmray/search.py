@@ -49,6 +49,11 @@ class SearchBackend(Protocol):
     async def search(self, *, version: str, vector: np.ndarray, k: int, filters: SearchFilters | None,
                      query_text: str | None, hybrid: bool, collapse: bool) -> list[Hit]: ...
 
+    async def search_text(self, *, version: str, model: str, query: str, k: int, filters: SearchFilters | None,
+                          hybrid: bool, collapse: bool) -> list[Hit]:
+        """Embed `query` with `model`, then search `version` (one step where both are local)."""
+        ...
+
     async def similar(self, *, version: str, product_id: str, k: int, filters: SearchFilters | None
                       ) -> list[Hit] | None: ...
 
@@ -87,10 +92,9 @@ class SearchService:
     async def search_text(self, *, query: str, k: int = 10, filters: SearchFilters | None = None,
                           hybrid: bool | None = None, collapse: bool = True) -> SearchResults:
         start, info = time.perf_counter(), await self.info()
-        vector = await self.backend.embed_text(text=query, model=info["model"])
-        hits = await self.backend.search(version=info["version"], vector=vector, k=k, filters=filters,
-                                         query_text=query, hybrid=self.cfg.hybrid if hybrid is None else hybrid,
-                                         collapse=collapse)
+        hits = await self.backend.search_text(version=info["version"], model=info["model"], query=query, k=k,
+                                              filters=filters, hybrid=self.cfg.hybrid if hybrid is None else hybrid,
+                                              collapse=collapse)
         return SearchResults(hits, info["version"], _ms(start))
 
     async def search_image(self, *, image: bytes, k: int = 10, filters: SearchFilters | None = None,
@@ -155,6 +159,14 @@ class LocalBackend:
         retriever = self.indexes.get(version)
         return await asyncio.to_thread(retriever.search, vector, k, filters, query_text=query_text, hybrid=hybrid,
                                        collapse=collapse)
+
+    async def search_text(self, *, version, model, query, k, filters, hybrid, collapse) -> list[Hit]:
+        retriever = self.indexes.get(version)  # before embedding: a version we lack fails fast
+
+        def work():  # one worker-thread hop for both steps
+            vector = self.models.get(model).embed_texts([query])[0]
+            return retriever.search(vector, k, filters, query_text=query, hybrid=hybrid, collapse=collapse)
+        return await asyncio.to_thread(work)
 
     async def similar(self, *, version, product_id, k, filters) -> list[Hit] | None:
         retriever = self.indexes.get(version)

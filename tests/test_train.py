@@ -14,9 +14,9 @@ import torch
 from conftest import LUMA_CATALOG
 
 from mmray.config import load_config
+from mmray.dataset import current_dataset, load_items
 from mmray.embedder import Embedder
 from mmray.model import load_checkpoint
-from mmray.training.data import current_dataset, load_items
 
 
 @pytest.fixture(scope="module")

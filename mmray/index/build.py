@@ -27,12 +27,11 @@ import pyarrow.parquet as pq
 
 from mmray.catalog import INDEX_META_COLUMNS as META_COLUMNS
 from mmray.config import MmrayConfig
-from mmray.embedder import Embedder, fuse
+from mmray.dataset import current_dataset, item_paths
+from mmray.embedder import Embedder, fuse, item_image_vectors
 from mmray.index.ann import build_ann, recall_at_k, save_ann
 from mmray.index.lexical import LexicalIndex
 from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore, Version, model_kind
-from mmray.training.data import current_dataset, item_paths
-from mmray.training.evaluate import item_image_vectors
 
 log = logging.getLogger(__name__)
 

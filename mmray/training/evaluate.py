@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mmray.catalog import garment_noun
-from mmray.embedder import Embedder, fuse
+from mmray.embedder import Embedder, fuse, item_image_vectors
 from mmray.evalset import build_queries, relevance_matrix
 from mmray.metrics import hit_rate_at_k, mrr, retrieval_report
 from mmray.model import unwrap_model
@@ -91,10 +91,3 @@ def evaluate(model: torch.nn.Module, ev: EvalInputs, product_text_tokens: int = 
     items = fuse(item_img, prod, ev.image_weight)
     out.update(retrieval_report(qry @ items.T, ev.relevance, "query_", ks=(10,)))
     return out
-
-
-def item_image_vectors(image_vecs: np.ndarray, owner: np.ndarray, n_items: int) -> np.ndarray:
-    """Mean of each item's image vectors, renormalised."""
-    sums = np.zeros((n_items, image_vecs.shape[1]), dtype=np.float32)
-    np.add.at(sums, owner, image_vecs)
-    return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)

@@ -14,12 +14,13 @@ from collections.abc import Callable
 import numpy as np
 
 from mmray.config import MmrayConfig
+from mmray.dataset import current_dataset, load_items
 from mmray.embedder import Embedder
 from mmray.evalset import build_queries, relevance_matrix
 from mmray.metrics import retrieval_report
 from mmray.model import build_model, load_checkpoint
 from mmray.storage import ArtifactStore, model_kind, new_version
-from mmray.training.data import current_dataset, load_items, train_dataset
+from mmray.training.data import train_dataset
 from mmray.training.evaluate import EvalInputs, build_eval_inputs, evaluate
 from mmray.training.loop import train_loop_per_worker
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 
 from mmray.config import MmrayConfig
+from mmray.dataset import current_dataset, load_items
 from mmray.embedder import Embedder
 from mmray.model import build_model
 from mmray.storage import ArtifactStore
-from mmray.training.data import current_dataset, load_items, train_dataset
+from mmray.training.data import train_dataset
 from mmray.training.evaluate import build_eval_inputs, evaluate
 from mmray.training.loop import TrainState, run_epoch
 
