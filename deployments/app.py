@@ -144,7 +144,7 @@ class Ingress:
         self.decodes = asyncio.Semaphore(cfg.max_concurrent_decodes)
         api.user_middleware.clear()
         api.add_middleware(BodyLimit, json_bytes=cfg.max_json_bytes, upload_bytes=cfg.max_upload_bytes)
-        install_security(api, cfg)  # request ids + access log, API keys, rate limit, docs switch
+        install_security(api, cfg, id_header=False)  # request ids + access log, API keys, rate limit, docs switch
         _log_access_to_replica_log()
         api.add_middleware(HttpMetrics)  # outermost: every answer is counted, 401/413/429 included
         api.middleware_stack = None  # rebuilt with the limits on first request

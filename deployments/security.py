@@ -75,8 +75,8 @@ class RequestContext:
     answer here (so it carries the id too) and is re-raised for the server to log.
     """
 
-    def __init__(self, app, log_queries: bool = False, on_error: Callable | None = None):
-        self.app, self.log_queries, self.on_error = app, log_queries, on_error
+    def __init__(self, app, log_queries: bool = False, on_error: Callable | None = None, id_header: bool = True):
+        self.app, self.log_queries, self.on_error, self.id_header = app, log_queries, on_error, id_header
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -84,7 +84,8 @@ class RequestContext:
         start = time.perf_counter()
         given = _header(scope, b"x-request-id")
         rid = given.decode("ascii") if given is not None and _SANE_ID.fullmatch(given) else uuid.uuid4().hex
-        scope = dict(scope)  # our own copy: the router writes the matched route into it
+        # the same scope dict all the way down: the router writes the matched route into it, which this
+        # middleware and the metrics middleware outside it read afterwards
         scope["state"] = state = {**(scope.get("state") or {}), "request_id": rid}
         rid_header = (b"x-request-id", rid.encode("ascii"))
         status = 0
@@ -93,8 +94,9 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [h for h in message.get("headers") or () if h[0].lower() != b"x-request-id"]
-                message = {**message, "headers": [*headers, rid_header]}
+                if self.id_header:
+                    headers = [h for h in message.get("headers") or () if h[0].lower() != b"x-request-id"]
+                    message = {**message, "headers": [*headers, rid_header]}
             await send(message)
 
         token = REQUEST_ID.set(rid)
@@ -305,11 +307,14 @@ def docs_paths(api: FastAPI) -> list[str]:
 # --------------------------------------------------------------------------- wiring
 
 
-def install_security(api: FastAPI, cfg: ServeConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+def install_security(api: FastAPI, cfg: ServeConfig, *, clock: Callable[[], float] = time.monotonic,
+                     id_header: bool = True) -> None:
     """Add the middlewares `cfg` asks for to `api`, outermost last added. Call before the app's first
     request (Starlette builds its middleware stack then), after `install_error_handlers(api)` (its 500
     answer is reused) and after any middleware that should sit inside (e.g. the body limit).
-    Raises ConfigError when auth is on and no key is configured. `clock` drives the rate limit."""
+    Raises ConfigError when auth is on and no key is configured. `clock` drives the rate limit.
+    `id_header=False` leaves the X-Request-Id response header to the server: Ray Serve's own request-id
+    middleware already sets it (with the same id) outside every app middleware, and two would be sent."""
     if not cfg.docs_enabled:
         api.add_middleware(DocsGate, paths=docs_paths(api))
     rl = cfg.rate_limit
@@ -319,5 +324,5 @@ def install_security(api: FastAPI, cfg: ServeConfig, *, clock: Callable[[], floa
                            trust_forwarded_for=rl.trust_forwarded_for)
     if cfg.auth.enabled:
         api.add_middleware(ApiKeyAuth, keys=KeyRing(cfg.auth), open_paths=cfg.auth.open_paths)
-    api.add_middleware(RequestContext, log_queries=cfg.log_queries,
+    api.add_middleware(RequestContext, log_queries=cfg.log_queries, id_header=id_header,
                        on_error=api.exception_handlers.get(Exception) or api.exception_handlers.get(500))
