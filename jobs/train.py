@@ -40,12 +40,21 @@ def format_summary(s: dict) -> str:
     lines = [f"model {s['version']}: {s['train_rows']} training rows, {s['epochs']} epochs, "
              f"{s['workers']} workers, {s['timings_s']['total']} s",
              f"held-out queries ({s['test_items']} items):  {'Recall@10':>9}  {'nDCG@10':>8}"]
-    lines += [f"  {name:<28}{m['query_R@10']:>9.3f}  {m['query_nDCG@10']:>8.3f}" for name, m in rows]
+    lines += [f"  {name:<28}{_metric(m, 'query_R@10'):>9}  {_metric(m, 'query_nDCG@10'):>8}" for name, m in rows]
     h = s["held_out"]
-    lines.append("held-out pairs: t2i R@1/5/10 {:.3f}/{:.3f}/{:.3f}  i2t R@1/5/10 {:.3f}/{:.3f}/{:.3f}  "
-                 "zero-shot category acc {:.3f}".format(h["t2i_R@1"], h["t2i_R@5"], h["t2i_R@10"], h["i2t_R@1"],
-                                                         h["i2t_R@5"], h["i2t_R@10"], h["zeroshot_acc"]))
+    if h.get("query_skipped"):
+        lines.append(f"  skipped: {h['query_skipped']}")
+    t2i, i2t = ("/".join(_metric(h, f"{d}_R@{k}") for k in (1, 5, 10)) for d in ("t2i", "i2t"))
+    lines.append(f"held-out pairs: t2i R@1/5/10 {t2i}  i2t R@1/5/10 {i2t}  "
+                 f"zero-shot category acc {_metric(h, 'zeroshot_acc')}")
+    if h.get("skipped"):
+        lines.append(f"  skipped: {h['skipped']}")
     return "\n".join(lines) + "\n" + json.dumps({"model": s["version"], "held_out": h})
+
+
+def _metric(m: dict, key: str) -> str:
+    """A metric to 3 decimals, or n/a where thin data left it out."""
+    return f"{m[key]:.3f}" if isinstance(m.get(key), (int, float)) else "n/a"
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from mmray.catalog import (
     assign_split,
     build_captions,
     catalog_folder,
+    category_noun,
     clean_text,
-    garment_noun,
     iter_raw_rows,
     list_catalog_files,
     normalize_row,
@@ -437,10 +437,25 @@ def test_allowed_image_uris_must_be_uri_prefixes(prefix):
     ("Men/Tops/Hoodies & Sweatshirts", "hoodie"), ("Women/Tops/Bras & Tanks", "bra"), ("Men/Tops/Tees", "tee"),
     ("Men/Tops/Jackets", "jacket"), ("Men/Bottoms/Pants", "pants"), ("Women/Bottoms/Shorts", "shorts"),
     ("Gear/Bags", "bag"), ("Gear/Watches", "watch"), ("Gear/Fitness Equipment", "fitness gear"),
-    ("Women/Dress", "dress"), ("", "item"),
+    ("Women/Dress", "dress"), ("", "item"), ("Training/Video Download", "training video"),
+    ("Men/Tops/Tanks", "tank top"),  # Fitness Equipment, Video Download, Tanks: default CaptionConfig.nouns
+    # the general rule, any domain
+    ("Fruit/Apples", "apple"), ("Fruit/Apple", "apple"), ("Computers/Laptops", "laptop"), ("Living Room/Sofas", "sofa"),
+    ("Fruit/Berries", "berry"), ("Storage/Boxes", "box"), ("Eyewear/Glasses", "glasses"), ("Pants", "pants"),
+    ("Shorts", "shorts"), ("Leggings", "leggings"), ("Dresses", "dress"), ("Bakery/Cookies", "cookie"),
+    ("Vegetables/Tomatoes", "tomato"), ("Kitchen/Knives", "knife"), ("Shoes/Running Shoes", "running shoe"),
+    ("Fruit/Citrus", "citrus"), ("Fruit/Kiwis", "kiwi"), ("Cameras/Lenses", "lens"), ("Beds/Mattresses", "mattress"),
+    ("Fruit and Vegetables", "fruit"), ("Pets/Aquarium/Tanks", "tank"), ("水果/苹果", "苹果"),
 ])
-def test_garment_noun(category, noun):
-    assert garment_noun(category) == noun
+def test_category_noun(category, noun):
+    assert category_noun(category) == noun
+
+
+def test_category_noun_overrides_match_the_leaf_or_the_path_end():
+    nouns = {"tanks": "fish tank", "tops/tanks": "tank top"}
+    assert category_noun("Pets/Tanks", nouns) == "fish tank"
+    assert category_noun("Men/Tops/Tanks", nouns) == "tank top"  # the longer key wins
+    assert category_noun("Men/Tops/Tanks", {}) == "tank"
 
 
 CAPTION_FIRST = "a blue jacket for men: Proteus Fitness Jackshirt"
@@ -448,7 +463,7 @@ CAPTION_REST = [
     "a blue jacket for men, made of cotton and polyester, for cool weather",
     "Proteus Fitness Jackshirt, blue jacket for men",
     "Proteus Fitness Jackshirt in blue, for cool weather, for gym",
-    "photo of a blue jacket for men, for gym",
+    "photo of a blue jacket for men, for gym, tops",  # the levels above the leaf come last among the facts
     "Proteus Fitness Jackshirt, a blue jacket for men. Part jacket. Part shirt.",
 ]
 
@@ -489,6 +504,36 @@ def test_captions_without_optional_facts():
     assert sorted(caps[1:]) == sorted(["an item", "Gift Card, item", "Gift Card", "photo of an item"])
     rec.update(color="Orange", category="Men/Tops/Hoodies & Sweatshirts")
     assert build_captions(rec, {}, cfg, seed=0)[0] == "an orange hoodie: Gift Card"
+
+
+def test_grocery_captions_name_the_noun_and_any_attribute():
+    row = {"id": "apl-1", "title": "Pink Lady Apples", "description": "", "category": "Fruit/Apple",
+           "attributes": {"origin": ["Spain"], "size": ["1 kg"]}, "images": ["images/apl-1.jpg"]}
+    rec = norm(row, caption=CaptionConfig(num_variants=16))
+    assert rec["status"] == "ok"
+    assert rec["captions"][0] == "an apple: Pink Lady Apples"
+    assert _is_rotation(rec["captions"][1:], [
+        "an apple, spain origin, 1 kg size", "Pink Lady Apples, apple", "Pink Lady Apples, 1 kg size, fruit",
+        "photo of an apple, fruit"])
+    assert rec["text"] == "Pink Lady Apples. apple. Fruit > Apple. origin: Spain. size: 1 kg"
+    phrased = CaptionConfig(num_variants=16, attribute_phrases={"origin": "from {value}"}, attributes=["origin"])
+    rec = norm(row, caption=phrased)
+    assert "an apple, from spain, fruit" in rec["captions"]
+    assert not any("1 kg" in c for c in rec["captions"]) and "size" not in rec["text"]
+
+
+def test_one_image_no_attributes_still_gets_captions():
+    rec = norm({"id": "b", "title": "Bananas", "category": "Fruit/Bananas", "images": ["images/b.jpg"]})
+    assert rec["status"] == "ok" and len(rec["captions"]) == 4
+    assert rec["captions"][0] == "a banana: Bananas" and all(c for c in rec["captions"])
+
+
+@pytest.mark.parametrize("phrase", ["{x} {name}", "no value", "{value} {0}"])
+def test_attribute_phrases_must_name_the_value(phrase):
+    with pytest.raises(ValueError, match="phrase template|does not name"):
+        CaptionConfig(attribute_phrase=phrase)
+    with pytest.raises(ValueError, match="phrase template|does not name"):
+        CaptionConfig(attribute_phrases={"origin": phrase})
 
 
 # --------------------------------------------------------------------------- split

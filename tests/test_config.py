@@ -88,7 +88,8 @@ def test_unknown_nested_and_top_level_fields():
     with pytest.raises(ConfigError) as e:
         load_config(overrides=["data.caption.variants=3"])
     assert ("data.caption.variants: unknown field "
-            "(allowed: attributes, description_chars, max_attribute_values, num_variants)") in str(e.value)
+            "(allowed: attribute_phrase, attribute_phrases, attributes, description_chars, max_attribute_values, "
+            "nouns, num_variants, query_attributes)") in str(e.value)
     with pytest.raises(ConfigError) as e:
         load_config(overrides=["dataa.catalog=x"])
     assert f"dataa: unknown field (allowed: {TOP_LEVEL})" in str(e.value)

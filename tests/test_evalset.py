@@ -1,8 +1,9 @@
-"""Held-out queries from hand-made items: texts, facets and graded relevance."""
+"""Held-out queries from hand-made items (clothing and groceries): texts, facets and graded relevance."""
 from __future__ import annotations
 
 import json
 
+from mmray.config import CaptionConfig
 from mmray.evalset import build_queries, grade_item, item_facets, relevance_matrix
 
 
@@ -24,8 +25,8 @@ ITEMS = [
 
 def test_item_facets():
     assert item_facets(ITEMS[0]) == {"noun": "jacket", "gender": "women", "color": "blue",
-                                     "material": {"wool", "cotton"}}
-    assert item_facets(ITEMS[2])["material"] == set()  # attributes_json None
+                                     "attributes": {"material": {"wool", "cotton"}}}
+    assert item_facets(ITEMS[2])["attributes"] == {}  # attributes_json None
     assert item_facets(ITEMS[6])["noun"] == "hoodie"
 
 
@@ -77,3 +78,51 @@ def test_relevance_matrix_follows_item_order():
 
 def test_no_queries_for_items_without_garment():
     assert build_queries([_item("x", "", "Men", "Blue", ["Wool"])]) == []
+
+
+def _grocery(id_, category, attributes, color=""):
+    return {"id": id_, "category": category, "gender": "", "color": color, "attributes_json": json.dumps(attributes)}
+
+
+GROCERY = [  # no colour, no audience: the facets are the category and any attribute
+    _grocery("a1", "Fruit/Apples", {"origin": ["Spain"], "size": ["1 kg"]}),
+    _grocery("a2", "Fruit/Apples", {"origin": ["Italy"], "size": ["1 kg"]}),
+    _grocery("a3", "Fruit/Apples", {"origin": ["Spain"]}),
+    _grocery("b1", "Fruit/Bananas", {"origin": ["Ecuador"]}),
+    _grocery("m1", "Dairy/Milk", {}),                # no attribute: the bare noun query
+    _grocery("m2", "Dairy/Milk", {"size": ["1 l"]}),  # no origin (the widest attribute): the bare noun query
+]
+
+
+def test_grocery_queries_come_from_the_widest_attribute():
+    queries = build_queries(GROCERY)
+    # origin is on 4 items, size on 3: origin writes the queries, phrased "{value} {name}" by default
+    assert {q.text: q.relevance for q in queries} == {
+        "apple spain origin": {"a1": 2, "a2": 1, "a3": 2},  # another origin: noun only, grade 1
+        "apple italy origin": {"a1": 1, "a2": 2, "a3": 1},
+        "banana ecuador origin": {"b1": 2},
+        "milk": {"m1": 2, "m2": 2},
+    }
+    assert queries[0].facets == {"noun": "apple", "gender": "", "origin": "spain"}
+    assert queries[-1].facets == {"noun": "milk", "gender": ""}
+
+
+def test_grocery_queries_follow_the_caption_config():
+    cfg = CaptionConfig(query_attributes=["size"], attribute_phrases={"size": "in a {value} pack"})
+    assert {q.text: q.relevance for q in build_queries(GROCERY, cfg)} == {
+        "apple in a 1 kg pack": {"a1": 2, "a2": 2, "a3": 1},
+        "apple": {"a1": 2, "a2": 2, "a3": 2},  # a3 has no size
+        "banana": {"b1": 2},
+        "milk": {"m1": 2, "m2": 2},
+        "milk in a 1 l pack": {"m1": 1, "m2": 2},
+    }
+
+
+def test_an_attribute_named_like_a_column_is_still_an_attribute():
+    items = [_grocery("r", "Fruit/Apples", {"color": ["Red"]}), _grocery("g", "Fruit/Apples", {"color": ["Green"]})]
+    assert {q.text: q.relevance for q in build_queries(items)} == {
+        "apple red color": {"r": 2, "g": 1}, "apple green color": {"r": 1, "g": 2}}
+
+
+def test_no_queries_from_an_empty_corpus():
+    assert build_queries([]) == []

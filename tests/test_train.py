@@ -108,11 +108,43 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(small_storage, tmp_pat
     assert steps[1] - steps[0] == steps[2] - steps[1] == steps[0]  # no step lost or repeated
 
 
-def test_training_rejects_a_batch_larger_than_the_data(small_storage):
-    from mmray.training.trainer import run_training
+def test_batch_size_is_clamped_to_the_data():
+    from mmray.training.trainer import fit_batch_size
 
-    with pytest.raises(ValueError, match="larger than the"):
-        run_training(tiny_config(small_storage, "train.batch_size=100000"))
+    assert fit_batch_size(128, 1000, 2) == 128
+    assert fit_batch_size(128, 67, 2) == 66  # the largest multiple of the workers that fits
+    assert fit_batch_size(128, 20, 4) == 20 and fit_batch_size(128, 3, 1) == 3
+    with pytest.raises(ValueError, match="at least 2 rows per worker"):
+        fit_batch_size(128, 3, 2)
+    with pytest.raises(ValueError, match="smaller than train.num_workers"):
+        fit_batch_size(2, 100, 4)
+
+
+def _thin_items(n: int) -> list[dict]:
+    from conftest import jpeg_bytes
+
+    return [{"id": f"i{k}", "title": f"Apples {k}", "description": "", "category": "Fruit/Apples", "gender": "",
+             "color": "", "attributes_json": json.dumps({"origin": ["Spain"]}), "captions": [f"an apple {k}"],
+             "text": f"Apples {k}. apple", "images": [jpeg_bytes(seed=k)]} for k in range(n)]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_thin_held_out_data_skips_metrics_instead_of_crashing(cached):
+    from mmray.config import ModelConfig
+    from mmray.model import build_model
+    from mmray.training.evaluate import build_eval_inputs, evaluate
+    from mmray.training.trainer import bm25_baseline
+
+    model = build_model(ModelConfig(kind="tiny", image_size=64, embed_dim=32), pretrained=False)
+    embedder = Embedder(model) if cached else None
+    items = _thin_items(4)  # one query ("apple spain origin"): fewer than MIN_QUERIES
+    ev = build_eval_inputs(items, embedder, 0.5)
+    metrics = evaluate(model, ev)
+    assert metrics["query_skipped"].startswith("1 held-out queries")
+    assert "query_R@10" not in metrics and 0.0 <= metrics["t2i_R@1"] <= 1.0
+    assert bm25_baseline(items, ev) == {"query_skipped": metrics["query_skipped"]}
+    empty = evaluate(model, build_eval_inputs([], embedder, 0.5))
+    assert set(empty) == {"skipped"}
 
 
 def test_tiny_loss_decreases_without_ray(small_storage):
@@ -131,6 +163,43 @@ def test_tiny_loss_decreases_without_ray(small_storage):
     torch.manual_seed(0)
     losses = [run_epoch(state, batches, 0, 1, cached=False, epoch=e) for e in range(6)]
     assert losses[-1] < losses[0]
+
+
+def test_a_small_grocery_catalog_trains_with_the_batch_clamped(tmp_path, ray_session):
+    """20 one-image products without colour or audience, batch_size 128: the batch is clamped to the
+    data, and the 2 held-out products give too few queries: the query metrics are skipped, not a crash."""
+    from PIL import Image, ImageDraw
+
+    from jobs.train import format_summary
+    from mmray.preprocess import run_preprocess
+    from mmray.training.trainer import run_training
+
+    kinds = [("Fruit/Apples", "red"), ("Fruit/Bananas", "yellow"), ("Vegetables/Carrots", "orange"),
+             ("Dairy/Milk", "white")]
+    (tmp_path / "images").mkdir()
+    rows = []
+    for k in range(20):
+        category, paint = kinds[k % 4]
+        image = Image.new("RGB", (64, 64), "gray")
+        ImageDraw.Draw(image).ellipse((8 + k % 5, 8, 56, 56 - k % 5), fill=paint)
+        image.save(tmp_path / "images" / f"p{k}.jpg")
+        rows.append({"id": f"p{k}", "title": f"{category.split('/')[1]} no. {k}", "category": category,
+                     "attributes": {"origin": [["Spain", "Italy"][k % 2]]}, "images": [f"images/p{k}.jpg"]})
+    (tmp_path / "catalog.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(tmp_path / "artifacts", f"data.catalog={tmp_path / 'catalog.jsonl'}", "data.name=grocery",
+                      "data.holdout_fraction=0.1", "train.batch_size=128", "train.epochs=1")
+    assert run_preprocess(cfg)["rows_out"] == 20
+    summary = run_training(cfg)
+    # 18 training rows (2 products held out, seed 0): one batch of 18 per epoch
+    assert summary["train_rows"] == 18 and summary["history"][0]["step"] == 1
+    assert np.isfinite(summary["history"][0]["loss"])
+    # 2 held-out queries ("banana italy origin", "apple spain origin"): fewer than MIN_QUERIES
+    skipped = summary["held_out"]["query_skipped"]
+    assert skipped.startswith("2 held-out queries") and "query_R@10" not in summary["held_out"]
+    assert summary["bm25"] == {"query_skipped": skipped} and summary["untrained_projections"]["query_skipped"] == skipped
+    assert 0.0 <= summary["held_out"]["t2i_R@1"] <= 1.0
+    report = format_summary(summary)
+    assert "n/a" in report and skipped in report
 
 
 @pytest.mark.gpu

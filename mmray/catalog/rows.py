@@ -80,7 +80,7 @@ def normalize_row(row: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
         return reject("unknown_columns", f"columns outside the schema: {', '.join(unknown)}")
     out["split"] = assign_split(out["product_id"], cfg.holdout_fraction, cfg.seed)
     out["captions"] = build_captions(out, attrs, cfg.caption, cfg.seed)
-    out["text"] = build_product_text(out, attrs)
+    out["text"] = build_product_text(out, attrs, cfg.caption)
     return out
 
 

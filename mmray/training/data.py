@@ -73,7 +73,7 @@ def _pad(captions: list[str], n: int) -> list[str]:
 
 def cache_key(cfg: MmrayConfig, dataset: Version, views: int) -> str:
     towers = cfg.model.model_dump(include={"kind", "image_size", "max_text_tokens", "open_clip_model",
-                                           "open_clip_pretrained"})
+                                           "open_clip_pretrained", "text_tower"})
     blob = json.dumps([towers, views, cfg.data.caption.num_variants, dataset.ref, cfg.train.seed], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

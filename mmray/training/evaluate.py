@@ -3,19 +3,26 @@
 `EvalInputs` is built once on the driver from the test split (split by product). Inputs of a
 locked tower are stored as tower features, so evaluating a new set of projections costs two
 matrix products; inputs of a trainable tower are stored raw and encoded with the current model.
+Thin data never crashes: with no held-out items, or fewer than `MIN_QUERIES` queries, the metrics
+that need them are left out with a warning and a `skipped` / `query_skipped` entry saying why.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from mmray.catalog import garment_noun
+from mmray.catalog.captions import audience_phrase, category_noun
+from mmray.config import CaptionConfig
 from mmray.embedder import Embedder, fuse, item_image_vectors
 from mmray.evalset import build_queries, relevance_matrix
 from mmray.metrics import hit_rate_at_k, mrr, retrieval_report
 from mmray.model import unwrap_model
+
+log = logging.getLogger(__name__)
+MIN_QUERIES = 3  # fewer held-out queries than this say nothing: the query metrics are skipped
 
 
 @dataclass
@@ -27,43 +34,57 @@ class EvalInputs:
     product_texts: object         # (N,) rich product texts
     queries: object               # (Q,) held-out query texts
     relevance: np.ndarray         # (Q, N) graded relevance
-    class_prompts: object         # (C,) "a photo of a <garment> for <gender>"
+    class_prompts: object         # (C,) "a photo of a <noun> <audience>"
     item_class: np.ndarray        # (N,) class index of each item
     image_weight: float
+    query_texts: list[str]        # (Q,) the query texts, also when `queries` holds their features
+    query_skipped: str = ""       # why there are no queries (too few held-out queries), or ""
 
 
-def class_prompt(item: dict) -> str:
-    gender = {"men": " for men", "women": " for women"}.get((item.get("gender") or "").lower(), "")
-    return f"a photo of a {garment_noun(item.get('category') or '')}{gender}"
+def class_prompt(item: dict, cfg: CaptionConfig | None = None) -> str:
+    noun = category_noun(item.get("category") or "", (cfg or CaptionConfig()).nouns)
+    audience = audience_phrase(item.get("gender") or "", everyone="")
+    return " ".join(p for p in ("a photo of", "an" if noun[:1] in "aeiou" else "a", noun, audience) if p)
 
 
 def build_eval_inputs(test_items: list[dict], embedder: Embedder | None, image_weight: float,
-                      product_text_tokens: int = 128) -> EvalInputs:
-    """Encode what locked towers allow (when `embedder` is given and the tower is locked)."""
+                      product_text_tokens: int = 128, caption: CaptionConfig | None = None) -> EvalInputs:
+    """Encode what locked towers allow (when `embedder` is given and the tower is locked).
+
+    `caption` words the queries and class prompts as the captions were (default: `CaptionConfig()`)."""
     owner, images = [], []
     for i, item in enumerate(test_items):
         for image in item["images"]:
             owner.append(i)
             images.append(bytes(image))
-    prompts = sorted({class_prompt(it) for it in test_items})
-    queries = build_queries(test_items)
+    prompts = sorted({class_prompt(it, caption) for it in test_items})
+    queries, skipped = build_queries(test_items, caption), ""
+    if len(queries) < MIN_QUERIES:
+        skipped = (f"{len(queries)} held-out queries from {len(test_items)} test items "
+                   f"(fewer than {MIN_QUERIES}): no query metrics")
+        log.warning("%s; a larger holdout_fraction or richer facets (colour, attributes) give more", skipped)
+        queries = []
     ids = [it["id"] for it in test_items]
+    query_texts = [q.text for q in queries]
     texts = {"captions": [it["captions"][0] for it in test_items], "product_texts": [it["text"] for it in test_items],
-             "queries": [q.text for q in queries], "class_prompts": prompts}
+             "queries": query_texts, "class_prompts": prompts}
     model = embedder.model if embedder else None
     if model is not None and model.text_cacheable:
-        texts = {k: embedder.text_features(v, product_text_tokens if k == "product_texts" else None)
+        texts = {k: embedder.text_features(v, product_text_tokens if k == "product_texts" else None) if v else v
                  for k, v in texts.items()}
-    if model is not None and model.image_cacheable:
+    if model is not None and model.image_cacheable and images:
         images = embedder.image_features(images)
-    return EvalInputs(ids, np.array(owner), images, relevance=relevance_matrix(queries, ids),
-                      item_class=np.array([prompts.index(class_prompt(it)) for it in test_items]),
-                      image_weight=image_weight, **texts)
+    return EvalInputs(ids, np.array(owner, dtype=np.int64), images, relevance=relevance_matrix(queries, ids),
+                      item_class=np.array([prompts.index(class_prompt(it, caption)) for it in test_items]),
+                      image_weight=image_weight, query_texts=query_texts, query_skipped=skipped, **texts)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, ev: EvalInputs, product_text_tokens: int = 128) -> dict[str, float]:
-    """Metrics of `model` on `ev` (names match the per-epoch report)."""
+def evaluate(model: torch.nn.Module, ev: EvalInputs, product_text_tokens: int = 128) -> dict[str, float | str]:
+    """Metrics of `model` on `ev` (names match the per-epoch report); what thin data cannot give is
+    left out, with `skipped` (no held-out items) or `query_skipped` (too few queries) saying why."""
+    if not ev.item_ids:
+        return {"skipped": "no held-out (test-split) items: no held-out metrics"}
     model = unwrap_model(model)
     was_training = model.training
     model.eval()
@@ -74,7 +95,8 @@ def evaluate(model: torch.nn.Module, ev: EvalInputs, product_text_tokens: int = 
 
     img = model.project_image(ev.images).numpy() if isinstance(ev.images, torch.Tensor) else emb.embed_images(ev.images)
     cap, prod = texts(ev.captions), texts(ev.product_texts, product_text_tokens)
-    qry, cls = texts(ev.queries), texts(ev.class_prompts)
+    qry = texts(ev.queries) if len(ev.query_texts) else None
+    cls = texts(ev.class_prompts)
     model.train(was_training)
 
     n = len(ev.item_ids)
@@ -87,7 +109,9 @@ def evaluate(model: torch.nn.Module, ev: EvalInputs, product_text_tokens: int = 
     out["t2i_MRR"], out["i2t_MRR"] = mrr(t2i, owner_rel), mrr(i2t, owner_rel.T)
     predicted = (img @ cls.T).argmax(axis=1)
     out["zeroshot_acc"] = float(np.mean(predicted == ev.item_class[ev.image_owner]))
-    item_img = item_image_vectors(img, ev.image_owner, n)
-    items = fuse(item_img, prod, ev.image_weight)
+    if qry is None:
+        out["query_skipped"] = ev.query_skipped or "no held-out queries"
+        return out
+    items = fuse(item_image_vectors(img, ev.image_owner, n), prod, ev.image_weight)
     out.update(retrieval_report(qry @ items.T, ev.relevance, "query_", ks=(10,)))
     return out

@@ -16,7 +16,6 @@ import numpy as np
 from mmray.config import MmrayConfig
 from mmray.dataset import current_dataset, load_items
 from mmray.embedder import Embedder
-from mmray.evalset import build_queries, relevance_matrix
 from mmray.metrics import retrieval_report
 from mmray.model import build_model, load_checkpoint
 from mmray.storage import ArtifactStore, model_kind, new_version
@@ -43,12 +42,14 @@ def run_training(cfg: MmrayConfig, run_name: str | None = None, epoch_callback: 
     cached = bool(model0.image_cacheable and model0.text_cacheable)
     ds = train_dataset(cfg, dataset, cached)
     rows, world = ds.count(), cfg.train.num_workers
-    local_batch = cfg.train.batch_size // world
-    steps_per_epoch = rows // (local_batch * world) if local_batch else 0
-    if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the {rows} training rows")
+    batch = fit_batch_size(cfg.train.batch_size, rows, world)
+    if batch != cfg.train.batch_size:
+        log.warning("train.batch_size=%d is larger than the %d training rows: training with batches of %d",
+                    cfg.train.batch_size, rows, batch)
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": batch})})
+    steps_per_epoch = rows // (batch // world * world)
     test_items = load_items(dataset, split="test")
-    ev = build_eval_inputs(test_items, Embedder(model0), cfg.index.image_weight)
+    ev = build_eval_inputs(test_items, Embedder(model0), cfg.index.image_weight, caption=cfg.data.caption)
     untrained = evaluate(model0, ev)
     t_data = time.time()
     log.info("training on %d rows (%s), %d steps/epoch, %d workers", rows,
@@ -88,12 +89,28 @@ def run_training(cfg: MmrayConfig, run_name: str | None = None, epoch_callback: 
     return summary
 
 
-def bm25_baseline(test_items: list[dict], ev: EvalInputs) -> dict[str, float]:
+def fit_batch_size(batch_size: int, rows: int, workers: int) -> int:
+    """`batch_size`, or where the rows cannot fill one batch, the largest multiple of `workers` they fill.
+
+    Each worker streams an equal share of the rows and drops its last partial batch; a batch needs at
+    least 2 rows per worker (a contrastive loss needs a negative)."""
+    if batch_size < workers:
+        raise ValueError(f"train.batch_size={batch_size} is smaller than train.num_workers={workers}")
+    if batch_size // workers * workers <= rows:
+        return batch_size
+    fitted = rows // workers * workers
+    if fitted // workers < 2:
+        raise ValueError(f"train.batch_size={batch_size}: the {rows} training rows are too few for "
+                         f"train.num_workers={workers} (at least 2 rows per worker)")
+    return fitted
+
+
+def bm25_baseline(test_items: list[dict], ev: EvalInputs) -> dict[str, float | str]:
     """BM25 over title + description of the held-out items, on the same queries."""
     from mmray.index.lexical import LexicalIndex
 
+    if not ev.query_texts:
+        return {"query_skipped": ev.query_skipped or "no held-out queries"}
     lexical = LexicalIndex.build([f"{it['title']}. {it.get('description') or ''}" for it in test_items])
-    queries = build_queries(test_items)
-    scores = np.stack([lexical.scores(q.text) for q in queries])
-    rel = relevance_matrix(queries, [it["id"] for it in test_items])
-    return retrieval_report(scores, rel, "query_", ks=(10,))
+    scores = np.stack([lexical.scores(text) for text in ev.query_texts])
+    return retrieval_report(scores, ev.relevance, "query_", ks=(10,))

@@ -17,6 +17,7 @@ from mmray.storage import ArtifactStore
 from mmray.training.data import train_dataset
 from mmray.training.evaluate import build_eval_inputs, evaluate
 from mmray.training.loop import TrainState, run_epoch
+from mmray.training.trainer import fit_batch_size
 
 log = logging.getLogger(__name__)
 METRIC = "query_nDCG@10"
@@ -55,10 +56,21 @@ def run_sweep(cfg: MmrayConfig, lrs: list[float], temperatures: list[float], unl
     datasets, evals = {}, {}
     if 0 in unlocked:
         datasets["cached"] = train_dataset(cfg, dataset, cached=True)
-        evals["cached"] = build_eval_inputs(test_items, Embedder(model0), cfg.index.image_weight)
+        evals["cached"] = build_eval_inputs(test_items, Embedder(model0), cfg.index.image_weight,
+                                            caption=cfg.data.caption)
     if any(u > 0 for u in unlocked):
         datasets["raw"] = train_dataset(cfg, dataset, cached=False)
-        evals["raw"] = build_eval_inputs(test_items, None, cfg.index.image_weight)
+        evals["raw"] = build_eval_inputs(test_items, None, cfg.index.image_weight, caption=cfg.data.caption)
+    skipped = {name: ev.query_skipped for name, ev in evals.items() if ev.query_skipped or not ev.query_texts}
+    if skipped:  # the sweep ranks trials by held-out query nDCG: without queries there is nothing to rank
+        raise ValueError(f"cannot tune: {next(iter(skipped.values())) or 'no held-out queries'} "
+                         "(raise data.holdout_fraction or use a larger catalog)")
+    rows = min(ds.count() for ds in datasets.values())
+    batch = fit_batch_size(cfg.train.batch_size, rows, workers=1)  # each trial trains on one worker
+    if batch != cfg.train.batch_size:
+        log.warning("train.batch_size=%d is larger than the %d training rows: trials use %d",
+                    cfg.train.batch_size, rows, batch)
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": batch})})
     space = {"lr": tune.grid_search(lrs), "init_temperature": tune.grid_search(temperatures),
              "unlocked_image_blocks": tune.grid_search(unlocked)}
     trainable = tune.with_resources(
