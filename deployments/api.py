@@ -96,7 +96,7 @@ class Result(BaseModel):
     price: float | None
     score: float
     retrievers: list[str] = Field(description="Which retrievers found it: vector, lexical")
-    image_url: str
+    image_url: str | None = Field(description="The item's photo, served by the app; null for a text-only item")
     variants: int = Field(description="Items (colours, sizes) of this product that pass the filters")
 
 

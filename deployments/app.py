@@ -187,7 +187,8 @@ class Ingress:
         FastAPI's second validation pass over every result is skipped (a measurable share of a request)."""
         return ORJSONResponse({"results": [{"product_id": h.product_id, "id": h.id, "title": h.title,
                                             "price": h.price, "score": h.score, "retrievers": h.retrievers,
-                                            "variants": h.variants, "image_url": f"/images/{res.index_version}/{h.row}.jpg"}
+                                            "variants": h.variants,
+                                            "image_url": f"/images/{res.index_version}/{h.row}.jpg" if h.image else None}
                                            for h in res.hits],
                                "index_version": res.index_version, "took_ms": res.took_ms})
 
@@ -252,7 +253,8 @@ class Ingress:
         if found is None:
             raise ApiError(404, "not_found", f"no product or item {product_id!r}")
         for item in found["items"]:
-            item["image_url"] = f"/images/{found['version']}/{item.pop('row')}.jpg"
+            row = item.pop("row")
+            item["image_url"] = f"/images/{found['version']}/{row}.jpg" if item.pop("has_image") else None
         return found
 
     @api.get("/v1/products/{product_id}/similar", response_model=SearchResponse, summary="Similar products")

@@ -45,7 +45,9 @@ function card(r) {
   if (Array.isArray(r.retrievers)) meta.push(r.retrievers.join("+"));
   const link = el("a", {href: "#", class: "similar"}, "similar");
   link.addEventListener("click", (e) => { e.preventDefault(); similar(r.product_id); });
-  return el("div", {class: "card"}, el("img", {src: localPath(r.image_url), alt: ""}),
+  const photo = r.image_url != null ? el("img", {src: localPath(r.image_url), alt: ""})
+                                       : el("div", {class: "nophoto"}, "no photo");  // a text-only item
+  return el("div", {class: "card"}, photo,
             el("div", {class: "title"}, String(r.title)), el("div", {class: "meta"}, meta.join(" \u00b7 ")), link);
 }
 

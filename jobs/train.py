@@ -47,8 +47,9 @@ def format_summary(s: dict) -> str:
     t2i, i2t = ("/".join(_metric(h, f"{d}_R@{k}") for k in (1, 5, 10)) for d in ("t2i", "i2t"))
     lines.append(f"held-out pairs: t2i R@1/5/10 {t2i}  i2t R@1/5/10 {i2t}  "
                  f"zero-shot category acc {_metric(h, 'zeroshot_acc')}")
-    if h.get("skipped"):
-        lines.append(f"  skipped: {h['skipped']}")
+    for key in ("image_skipped", "skipped"):
+        if h.get(key):
+            lines.append(f"  skipped: {h[key]}")
     return "\n".join(lines) + "\n" + json.dumps({"model": s["version"], "held_out": h})
 
 

@@ -193,7 +193,7 @@ def product_record(retriever, product_id: str) -> dict | None:
     items = []
     for row in rows:
         item = retriever.item(row)
-        item.pop("image", None)
+        item["has_image"] = bool(item.pop("image", ""))  # text-only items have none
         if item.get("price") is not None and item["price"] != item["price"]:  # NaN: no price
             item["price"] = None
         items.append(item | {"row": row})

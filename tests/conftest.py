@@ -6,6 +6,7 @@ Run inside a network namespace with only loopback up, e.g.
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import io
 import json
@@ -37,24 +38,30 @@ def _free_port() -> int:
 
 
 # A real S3-compatible server (moto's, on loopback) reached exactly as users reach S3 or MinIO:
-# through the standard AWS_* variables. They are set here, at import, so that the Ray workers and
-# Serve replicas started later inherit them.
-S3_PORT = _free_port()
-os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{S3_PORT}", AWS_ACCESS_KEY_ID="mmray-test",
+# through the standard AWS_* variables. It starts here, at import, bound to its port before any Ray
+# process can take that port, and the variables are set before Ray starts, so Ray workers and Serve
+# replicas inherit them.
+def _start_s3_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    atexit.register(server.stop)
+    host, port = server.get_host_and_port()
+    return f"http://{host}:{port}"
+
+
+S3_ENDPOINT = _start_s3_server()
+os.environ.update(AWS_ENDPOINT_URL=S3_ENDPOINT, AWS_ACCESS_KEY_ID="mmray-test",
                   AWS_SECRET_ACCESS_KEY="mmray-test-secret", AWS_DEFAULT_REGION="us-east-1",
                   AWS_EC2_METADATA_DISABLED="true")
 os.environ.setdefault("MMRAY_CACHE_DIR", tempfile.mkdtemp(prefix="mmray-test-cache-"))
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """moto's S3 server on 127.0.0.1 for the whole run; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
-    server.start()
-    yield os.environ["AWS_ENDPOINT_URL"]
-    server.stop()
+def s3_server() -> str:
+    """moto's S3 server on 127.0.0.1 for the whole run; its endpoint URL."""
+    return S3_ENDPOINT
 
 
 @pytest.fixture

@@ -154,6 +154,14 @@ def test_no_images(images):
     assert (rec["status"], rec["reason"]) == ("quarantined", "no_images")
 
 
+@pytest.mark.parametrize("images", [..., None, [], "", "  "])
+def test_text_only_rows_are_kept_when_images_are_not_required(images):
+    rec = norm(base_row(images=images), require_images=False)
+    assert rec["status"] == "ok" and rec["image_refs"] == [] and rec["captions"] and rec["text"]
+    for bad in ([""], [None], [3], {"a": 1}):  # a malformed list is still refused
+        assert norm(base_row(images=bad), require_images=False)["reason"] == "no_images"
+
+
 def test_images_single_string_and_cap():
     assert norm(base_row(images=" images/a.jpg "))["image_refs"] == ["images/a.jpg"]
     rec = norm(base_row(images=[f"i{n}.jpg" for n in range(5)]), max_images_per_item=2)

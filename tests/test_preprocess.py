@@ -159,6 +159,28 @@ def test_process_block_writes_its_ok_rows_as_one_shard(tmp_path):
     assert [len(i) for i in written["images"].to_pylist()] == [1, 2]
 
 
+def test_text_only_rows_are_written_with_no_images_unless_images_are_required(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(40, 30))
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"id": "a", "title": "Pictured", "images": ["a.jpg"]},
+        {"id": "t", "title": "Text only", "images": []},
+        {"id": "u", "title": "No images field"},
+    ])
+    cfg = DataConfig(require_images=False)
+    small = process_block(parse_file(str(path), 0, cfg), cfg, str(tmp_path), {}, ArtifactStore(str(tmp_path)),
+                          str(tmp_path / "items"))
+    assert small["status"].to_pylist() == ["ok", "ok", "ok"]
+    written = pq.read_table(str(tmp_path / "items" / f"part-{1:016x}.parquet")).to_pylist()
+    assert [(r["id"], len(r["images"]), r["image_sha256"], bool(r["text"])) for r in written] == [
+        ("a", 1, [hashlib.sha256((tmp_path / "a.jpg").read_bytes()).hexdigest()], True), ("t", 0, [], True),
+        ("u", 0, [], True)]
+    assert find_duplicate_groups([(r["id"], r["product_id"], r["image_sha256"]) for r in written]) == {
+        "a": "a", "t": "t", "u": "u"}
+    required = parse_file(str(path), 0, DataConfig())  # the default: quarantined as before
+    assert required.select(["id", "reason"]).to_pylist() == [
+        {"id": "a", "reason": ""}, {"id": "t", "reason": "no_images"}, {"id": "u", "reason": "no_images"}]
+
+
 def test_write_parquet_stores_image_bytes_plain_and_the_rest_compressed(tmp_path):
     table = pa.table({"id": ["a", "b"], "captions": [["x", "y"], ["z"]],
                       "images": [[jpeg_bytes(20, 20)], [jpeg_bytes(30, 10, seed=2)]]})

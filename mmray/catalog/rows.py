@@ -69,10 +69,14 @@ def normalize_row(row: dict[str, Any], cfg: DataConfig) -> dict[str, Any]:
             return reject("invalid_price", f"price must be finite and >= 0, got {price!r}")
 
     images = row.get("images")
-    if isinstance(images, str):
+    if images is None or (isinstance(images, str) and not images.strip()):
+        images = []
+    elif isinstance(images, str):
         images = [images]
-    if not images or not isinstance(images, (list, tuple)) or not all(isinstance(i, str) and i.strip() for i in images):
-        return reject("no_images", "images must be a non-empty list of paths")
+    if not isinstance(images, (list, tuple)) or not all(isinstance(i, str) and i.strip() for i in images):
+        return reject("no_images", "images must be a list of paths")
+    if not images and cfg.require_images:
+        return reject("no_images", "images must be a non-empty list of paths (data.require_images)")
     # Only tidied here: whether a reference may be read is decided where it is resolved (refs.py).
     out["image_refs"] = [i.strip() for i in images[: cfg.max_images_per_item]]
 

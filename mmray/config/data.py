@@ -94,6 +94,9 @@ class DataConfig(StrictConfig):
     image_read_timeout_s: float = Field(30.0, gt=0)
     """Seconds one request to object storage may take when reading an image (s3:// connect and request
     timeouts, gs:// retry time limit); a read that runs out quarantines its row."""
+    require_images: bool = True
+    """Quarantine rows without images (`no_images`). False keeps them as text-only items: they train
+    nothing, get text-side vectors in the index (no image file) and are found by text search."""
     max_images_per_item: int = Field(8, ge=1, le=64)
     """Image references past this count are ignored."""
     max_text_chars: int = Field(20_000, ge=100)

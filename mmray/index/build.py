@@ -5,7 +5,8 @@
       vectors.npy           (N, E) fused item vectors, unit norm (exact search, `similar`)
       metadata.parquet      row -> id, product_id, title, category, gender, color, price, available, text
       lexical/              bm25s index over title, description and attributes
-      images/<row>.jpg      the item's first (resized) image, served by the app
+      images/<row>.jpg      the item's first (resized) image, served by the app (none for a
+                            text-only item, whose metadata `image` is "")
       manifest.json         written last: parents (model, dataset), config, counts, spec, timings,
                             recall self-check, file sizes + sha256
 `indexes/current.json` moves to the new version only after it has been loaded back and searched once.
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 
 
 class ItemEmbedder:
-    """Ray Data actor: items (images + product text) -> image, text and fused vectors."""
+    """Ray Data actor: items (images + product text) -> fused vectors and each item's first image.
+
+    A text-only item (no images) gets its text vector, renormalised, and an empty `first_image`."""
 
     def __init__(self, model: Version, batch_size: int, image_weight: float, text_tokens: int = 128):
         self.embedder = Embedder.from_checkpoint(model.local_dir(), batch_size)
@@ -49,10 +52,13 @@ class ItemEmbedder:
             for image in item_images:
                 owner.append(i)
                 images.append(bytes(image))
-        image_vecs = item_image_vectors(self.embedder.embed_images(images), np.array(owner), len(batch["id"]))
-        text_vecs = self.embedder.embed_texts(list(batch["text"]), self.text_tokens)
+        text_vecs = self.embedder.embed_texts(list(batch["text"]), self.text_tokens)  # (B, E)
+        image_vecs = np.zeros_like(text_vecs)  # rows of text-only items stay zero: fused = their text vector
+        if images:
+            image_vecs = item_image_vectors(self.embedder.embed_images(images), np.array(owner), len(batch["id"]))
         return {"id": batch["id"], "vector": fuse(image_vecs, text_vecs, self.image_weight),
-                "first_image": np.array([bytes(imgs[0]) for imgs in batch["images"]], dtype=object)}
+                "first_image": np.array([bytes(imgs[0]) if len(imgs) else b"" for imgs in batch["images"]],
+                                        dtype=object)}
 
 
 def current_model(cfg: MmrayConfig, version: str | None = None) -> Version:
@@ -123,12 +129,14 @@ def _write_index_files(folder: str, cfg: MmrayConfig, meta: dict, vectors: np.nd
     shard_files = save_ann(ann, folder)
     np.save(os.path.join(folder, "vectors.npy"), vectors)
     meta["available"] = [True] * n
-    meta["image"] = [f"images/{row}.jpg" for row in range(n)]
+    # "" for a text-only item: it has no image file
+    meta["image"] = [f"images/{row}.jpg" if len(by_id[item_id][1]) else "" for row, item_id in enumerate(meta["id"])]
     pq.write_table(pa.table(meta), os.path.join(folder, "metadata.parquet"))
     LexicalIndex.build(lexical_texts(meta)).save(os.path.join(folder, "lexical"))
-    for row, item_id in enumerate(meta["id"]):
-        with open(os.path.join(folder, "images", f"{row}.jpg"), "wb") as f:
-            f.write(by_id[item_id][1])
+    for item_id, name in zip(meta["id"], meta["image"]):
+        if name:
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(by_id[item_id][1])
     rng = np.random.default_rng(0)
     probe = vectors[rng.choice(n, size=min(n, 200), replace=False)]
     return {"count": n, "products": len(set(meta["product_id"])), "dim": int(vectors.shape[1]),

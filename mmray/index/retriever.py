@@ -182,8 +182,9 @@ class Retriever:
         return list(self.rows_of_product.get(item_or_product_id, []))
 
     def image_bytes(self, row: int) -> bytes | None:
-        """The stored (resized) first image of item `row`; None for a row that does not exist."""
-        if not 0 <= row < len(self):
+        """The stored (resized) first image of item `row`; None for a row that does not exist or a
+        text-only item (no image)."""
+        if not 0 <= row < len(self) or not self.meta["image"][row]:
             return None
         with open(os.path.join(self.folder, self.meta["image"][row]), "rb") as f:
             return f.read()

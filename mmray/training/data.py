@@ -32,7 +32,8 @@ def group_id(group: str) -> int:
 
 
 def explode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data UDF: one row per (item, image); captions and group travel with each image."""
+    """Ray Data UDF: one row per (item, image); captions and group travel with each image. A
+    text-only item (no images) gives no row; a batch of them gives empty columns."""
     out = {"group": [], "image": [], "captions": []}
     for group, images, captions in zip(batch["group"], batch["images"], batch["captions"]):
         for image in images:

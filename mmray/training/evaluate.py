@@ -3,8 +3,9 @@
 `EvalInputs` is built once on the driver from the test split (split by product). Inputs of a
 locked tower are stored as tower features, so evaluating a new set of projections costs two
 matrix products; inputs of a trainable tower are stored raw and encoded with the current model.
-Thin data never crashes: with no held-out items, or fewer than `MIN_QUERIES` queries, the metrics
-that need them are left out with a warning and a `skipped` / `query_skipped` entry saying why.
+Thin data never crashes: with no held-out items, no held-out images (text-only items), or fewer than
+`MIN_QUERIES` queries, the metrics that need them are left out with a warning and a `skipped` /
+`image_skipped` / `query_skipped` entry saying why. Image-side metrics count only items with images.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from mmray.model import unwrap_model
 
 log = logging.getLogger(__name__)
 MIN_QUERIES = 3  # fewer held-out queries than this say nothing: the query metrics are skipped
+NO_IMAGES = "no held-out item has an image: no image-text metrics"
 
 
 @dataclass
@@ -57,6 +59,8 @@ def build_eval_inputs(test_items: list[dict], embedder: Embedder | None, image_w
         for image in item["images"]:
             owner.append(i)
             images.append(bytes(image))
+    if test_items and not images:
+        log.warning("%s (%d text-only test items)", NO_IMAGES, len(test_items))
     prompts = sorted({class_prompt(it, caption) for it in test_items})
     queries, skipped = build_queries(test_items, caption), ""
     if len(queries) < MIN_QUERIES:
@@ -93,25 +97,44 @@ def evaluate(model: torch.nn.Module, ev: EvalInputs, product_text_tokens: int = 
     def texts(x, tokens=None):
         return model.project_text(x).numpy() if isinstance(x, torch.Tensor) else emb.embed_texts(x, tokens)
 
-    img = model.project_image(ev.images).numpy() if isinstance(ev.images, torch.Tensor) else emb.embed_images(ev.images)
     cap, prod = texts(ev.captions), texts(ev.product_texts, product_text_tokens)
     qry = texts(ev.queries) if len(ev.query_texts) else None
     cls = texts(ev.class_prompts)
+    if len(ev.image_owner) == 0:  # text-only items alone: no image side to measure
+        img = np.zeros((0, prod.shape[1]), np.float32)
+    elif isinstance(ev.images, torch.Tensor):
+        img = model.project_image(ev.images).numpy()
+    else:
+        img = emb.embed_images(ev.images)
     model.train(was_training)
 
     n = len(ev.item_ids)
-    owner_rel = (ev.image_owner[None, :] == np.arange(n)[:, None]).astype(np.int8)  # (N items, M images)
-    t2i, i2t = cap @ img.T, img @ cap.T
-    out = {}
+    out = image_text_metrics(img, cap, cls, ev.image_owner, ev.item_class)
+    if qry is None:
+        out["query_skipped"] = ev.query_skipped or "no held-out queries"
+        return out
+    items = fuse(item_image_vectors(img, ev.image_owner, n), prod, ev.image_weight)  # text-only items: text
+    out.update(retrieval_report(qry @ items.T, ev.relevance, "query_", ks=(10,)))
+    return out
+
+
+def image_text_metrics(img: np.ndarray, cap: np.ndarray, cls: np.ndarray, image_owner: np.ndarray,
+                       item_class: np.ndarray) -> dict[str, float | str]:
+    """Caption<->image retrieval and zero-shot accuracy over the items that have images (text-only
+    items have nothing to find or be found by); `image_skipped` when none has one.
+
+    img (M, E) image vectors, `image_owner` (M,) their item; cap (N, E) captions; cls (C, E) prompts."""
+    if len(image_owner) == 0:
+        return {"image_skipped": NO_IMAGES}
+    pictured = np.unique(image_owner)  # (P,) items with at least one image
+    owner_rel = (image_owner[None, :] == pictured[:, None]).astype(np.int8)  # (P items, M images)
+    t2i = cap[pictured] @ img.T
+    i2t = t2i.T
+    out: dict[str, float | str] = {}
     for k in (1, 5, 10):
         out[f"t2i_R@{k}"] = hit_rate_at_k(t2i, owner_rel, k)
         out[f"i2t_R@{k}"] = hit_rate_at_k(i2t, owner_rel.T, k)
     out["t2i_MRR"], out["i2t_MRR"] = mrr(t2i, owner_rel), mrr(i2t, owner_rel.T)
     predicted = (img @ cls.T).argmax(axis=1)
-    out["zeroshot_acc"] = float(np.mean(predicted == ev.item_class[ev.image_owner]))
-    if qry is None:
-        out["query_skipped"] = ev.query_skipped or "no held-out queries"
-        return out
-    items = fuse(item_image_vectors(img, ev.image_owner, n), prod, ev.image_weight)
-    out.update(retrieval_report(qry @ items.T, ev.relevance, "query_", ks=(10,)))
+    out["zeroshot_acc"] = float(np.mean(predicted == item_class[image_owner]))
     return out
