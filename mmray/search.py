@@ -6,7 +6,7 @@ the call. Where the work runs is its backend:
 
 - `LocalBackend`: an `IndexPool` and a `ModelPool` in this process (jobs, tests, benchmarks, and
   the co-located Serve replica); the blocking work runs in worker threads.
-- the Serve handles of the split graph (`deployments/backends.py`), with the same methods.
+- the Serve handles of the split graph (`deployments/replicas.py` `HandleBackend`), same methods.
 
 Every method takes keyword arguments only.
 """

@@ -10,12 +10,10 @@ from mmray.storage.artifacts import (
     feature_cache_kind,
     model_kind,
     new_version,
-    parents_of,
 )
-from mmray.storage.fs import file_sha256, is_local, join, resolve_filesystem
+from mmray.storage.fs import file_sha256, join, resolve_filesystem
 
 __all__ = [
     "INDEX_KIND", "ArtifactError", "ArtifactStore", "Version", "VersionWriter", "dataset_kind",
-    "feature_cache_kind", "file_sha256", "is_local", "join", "model_kind", "new_version", "parents_of",
-    "resolve_filesystem",
+    "feature_cache_kind", "file_sha256", "join", "model_kind", "new_version", "resolve_filesystem",
 ]

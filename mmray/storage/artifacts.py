@@ -471,8 +471,3 @@ class VersionWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
-
-
-def parents_of(*versions: Version | None) -> dict[str, str]:
-    """`{kind: version ref}` for a manifest's `parents`."""
-    return {v.kind: v.ref for v in versions if v is not None}

@@ -34,10 +34,6 @@ def resolve_filesystem(uri: str, endpoint: str | None = None, region: str | None
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
-def is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
 def join(base: str, *parts: str) -> str:
     """`base/part/...` with '/' (URIs and local paths alike)."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
