@@ -1,31 +1,38 @@
 """Serve benchmark: /v1/search over HTTP beside the same SearchService called in-process.
 
-    python -m benchmarks.serve [--config configs/local.yaml] [--cpus 2] [--requests 300] [--cap-s 30]
+    python -m benchmarks.serve [--config configs/local.yaml] [--cpus 2] [--requests 300] [--rounds 3]
 
 Needs the built artifacts (a published index and its model under the config's storage root).
 
-What runs, in order (every level is bounded in requests AND wall time):
-  1. in-process  `SearchService.local(store, cfg.index)`: the class the Ingress uses, with its
-                 LocalBackend (the co-located topology), torch/FAISS at --torch-threads threads (1:
-                 what a 1-CPU replica gets). c=1 back to back, then c=16 concurrent asyncio tasks.
-  2. Serve       a private local Ray (own temp dir, loopback, no dashboard), serve.start on
+What runs:
+  1. Serve       a private local Ray (own temp dir, loopback, no dashboard), started with the
+                 environment `make serve` gives `ray start` (`ray_start_env`), serve.start on
                  127.0.0.1:<free port>, serve.run(build_app({"config": ...})): the app's own graph
                  and options; waits for /readyz. By default with Serve's direct ingress, as
                  `make serve` runs it (the Ingress replica itself listens on the port); `--proxy`
                  measures the classic path through Serve's HTTP proxy actor instead.
-  3. HTTP load   a SEPARATE PROCESS (`--loadgen`): httpx.AsyncClient with keep-alive, closed loop,
-                 c workers each sending its next POST /v1/search {"query", "k": 10} when the previous
-                 answer is read; c=1, then c=16. Same queries as the in-process side.
-Printed: p50/p95/p99 latency and QPS of each side, and the two targets of issue 10:
+  2. in-process  `SearchService.local(store, cfg.index)` in this process: the class the Ingress
+                 uses, with its LocalBackend (the co-located topology), torch/FAISS at
+                 --torch-threads threads (1: what a 1-CPU replica gets).
+  3. HTTP load   a SEPARATE PROCESS (`--loadgen`, kept for the whole run): an aiohttp session with
+                 keep-alive, c workers each sending its next POST /v1/search {"query", "k": 10}
+                 when the previous answer is read. Same queries as the in-process side.
+  Both sides run closed loops at c=1 and c=16, interleaved: per round in-process c=1, HTTP c=1,
+  in-process c=16, HTTP c=16 (--rounds rounds; the other side is idle meanwhile), so a slow
+  spell of this shared VM hits both sides alike. Every level is bounded in requests AND wall time.
+Printed: every level of every round, then the median over rounds of each side's p50 and QPS,
+and the two targets of issue 10 judged on those medians:
   latency     HTTP p50 at c=1  <=  1.15 x in-process p50 + 5 ms
   throughput  HTTP QPS at c=16 >=  0.8 x in-process QPS at c=16
 "own/other cores": CPU used by this process tree / by the rest of the machine per wall second;
+"self": CPU of the process driving the level (in-process: the search itself; HTTP: the client);
 when "other" is not near 0 the machine was shared and the numbers are pessimistic.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -97,35 +104,81 @@ async def closed_loop(send, concurrency: int, total: int, cap_s: float, warmup: 
                 lat.append((time.perf_counter() - t) * 1000)
 
     meter = CpuMeter(int(os.environ.get("MMRAY_BENCH_ROOT_PID", os.getpid()))).start()
+    self0 = sum(os.times()[:2])
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - t0
+    self_cores = round((sum(os.times()[:2]) - self0) / wall, 2) if wall else 0.0
     return {"concurrency": concurrency, "ok": len(lat), "errors": sum(n for c, n in codes.items() if c != "200"),
             "codes": codes, "wall_s": round(wall, 2), "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95),
-            "p99_ms": percentile(lat, 99), "qps": len(lat) / wall if wall else 0.0} | meter.stop()
+            "p99_ms": percentile(lat, 99), "qps": len(lat) / wall if wall else 0.0, "self_cores": self_cores} | meter.stop()
 
 
-async def inprocess(svc, queries: list[str], levels: list[tuple[int, int]], cap_s: float) -> list[dict]:
+def inprocess(svc, queries: list[str], concurrency: int, requests: int, cap_s: float) -> dict:
     async def send(i):
         res = await svc.search_text(query=queries[i % len(queries)], k=K)
         return 200 if res.hits else "empty"
-    return [await closed_loop(send, c, n, cap_s, warmup=max(c, 5)) for c, n in levels]
+    return asyncio.run(closed_loop(send, concurrency, requests, cap_s, warmup=max(concurrency, 5)))
 
 
-async def _loadgen(spec: dict) -> list[dict]:
-    import httpx
+async def _post(session, base: str, queries: list[str], i: int) -> int:
+    async with session.post(base + "/v1/search", json={"query": queries[i % len(queries)], "k": K}) as r:
+        await r.read()
+        return r.status
 
-    queries = spec["queries"]
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=spec["base"], timeout=30.0, limits=limits, trust_env=False) as client:
-        async def send(i):
-            r = await client.post("/v1/search", json={"query": queries[i % len(queries)], "k": K})
-            return r.status_code
-        return [await closed_loop(send, c, n, spec["cap_s"], warmup=max(c, 5)) for c, n in spec["levels"]]
+
+async def _loadgen() -> None:
+    """Read one JSON spec per stdin line ({"base", "queries", "cap_s", "level": [c, n]}), run that
+    level over one keep-alive aiohttp session (a cheaper client than httpx: the load generator
+    shares the cores with the server), answer one JSON line; until stdin closes."""
+    import aiohttp
+
+    session, queries = None, []
+    loop = asyncio.get_running_loop()
+    try:
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            spec = json.loads(line)
+            if session is None:
+                session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64), trust_env=False,
+                                                timeout=aiohttp.ClientTimeout(total=30))
+            queries = spec.get("queries") or queries
+            c, n = spec["level"]
+            send = functools.partial(_post, session, spec["base"], queries)
+            print(json.dumps(await closed_loop(send, c, n, spec["cap_s"], warmup=max(c, 5))), flush=True)
+    finally:
+        if session is not None:
+            await session.close()
 
 
 def loadgen_main() -> int:
-    print(json.dumps(asyncio.run(_loadgen(json.loads(sys.stdin.read())))))
+    asyncio.run(_loadgen())
     return 0
+
+
+class LoadGen:
+    """The separate load process: `run(level)` drives one closed-loop level and returns its result."""
+
+    def __init__(self, base: str, queries: list[str], cap_s: float):
+        self.base, self.queries, self.cap_s = base, queries, cap_s
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serve", "--loadgen"], cwd=ROOT, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def run(self, concurrency: int, requests: int) -> dict:
+        spec = {"base": self.base, "cap_s": self.cap_s, "level": [concurrency, requests],
+                "queries": self.queries}
+        self.queries = []  # sent once
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load process ended (exit {self.proc.wait(timeout=10)})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 # --------------------------------------------------------------------------- Serve
@@ -169,39 +222,61 @@ def machine_info(cfg, args) -> list[str]:
     return [*machine_lines(),
             f"versions    python {platform.python_version()}  ray {ray.__version__}  torch {torch.__version__}  "
             f"fastapi {fastapi.__version__}",
-            f"config      {args.config}: topology {s.topology}, ray num_cpus={args.cpus}; ingress {s.ingress.num_cpus} "
-            f"CPU (split: embedder {s.embedder.num_cpus}, retriever {s.retriever.num_cpus}); max_inflight {s.max_inflight}",
+            f"config      {args.config} {' '.join(args.set)}: topology {s.topology}, ray num_cpus={args.cpus}; "
+            f"ingress {s.ingress.num_cpus} CPU (split: embedder {s.embedder.num_cpus}, retriever "
+            f"{s.retriever.num_cpus}); max_inflight {s.max_inflight}; index.text_runtime {cfg.index.text_runtime}, "
+            f"index.search_threads {cfg.index.search_threads}; serve.tuned_replicas {s.tuned_replicas}",
             f"in-process  torch/FAISS threads {args.torch_threads}"]
 
 
 def fmt_row(label: str, r: dict) -> str:
     return (f"{label:<24} {r['concurrency']:>4} {r['ok']:>5} {r['errors']:>4} {r['p50_ms']:>7.1f} {r['p95_ms']:>7.1f} "
-            f"{r['p99_ms']:>7.1f} {r['qps']:>7.1f} {r['wall_s']:>6.1f} {r['own_cores']:>5.2f} {r['other_cores']:>5.2f}")
+            f"{r['p99_ms']:>7.1f} {r['qps']:>7.1f} {r['wall_s']:>6.1f} {r['own_cores']:>5.2f} {r['other_cores']:>5.2f} "
+            f"{r['self_cores']:>5.2f}")
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50)
 
 
 def report(results: dict) -> str:
     ready = results["ready"]
-    head = (f"{'':<24} {'conc':>4} {'ok':>5} {'err':>4} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'QPS':>7} "
-            f"{'wall s':>6} {'own':>5} {'other':>5}")
+    head = (f"{'':<28} {'conc':>4} {'ok':>5} {'err':>4} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'QPS':>7} "
+            f"{'wall s':>6} {'own':>5} {'other':>5} {'self':>5}")
     out = [*results["machine"],
            f"serving     index {ready['index_version']}, model {ready['model_version']}; Serve up in "
            f"{results['startup_s']} s; {results['same_results']}/{results['checked']} check queries gave the same "
            f"top-{K} product ids over HTTP as in-process",
            f"\n/v1/search, k={K}, {results['queries']} distinct queries (closed loop; HTTP load from a separate process; "
-           f"{results['path']})",
+           f"{results['path']}; {len(results['rounds'])} interleaved rounds)",
            head]
-    out += [fmt_row("in-process SearchService", r) for r in results["inproc"]]
-    out += [fmt_row("Serve HTTP /v1/search", r) for r in results["http"]]
-    ip1, sv1 = results["inproc"][0], results["http"][0]
-    ipn, svn = results["inproc"][-1], results["http"][-1]
+    for i, rnd in enumerate(results["rounds"], 1):
+        for side, label in (("inproc", "in-process SearchService"), ("http", "Serve HTTP /v1/search")):
+            out += [fmt_row(f"r{i} {label}", r) for r in rnd[side]]
+    summary = {}
+    for side in ("inproc", "http"):
+        for j, c in enumerate(LEVELS):
+            levels = [rnd[side][j] for rnd in results["rounds"]]
+            summary[side, c] = {key: median([r[key] for r in levels]) for key in ("p50_ms", "p95_ms", "p99_ms", "qps")}
+    out.append("\nmedian over rounds          conc  p50 ms  p95 ms  p99 ms     QPS")
+    for side, label in (("inproc", "in-process SearchService"), ("http", "Serve HTTP /v1/search")):
+        for c in LEVELS:
+            m = summary[side, c]
+            out.append(f"{label:<27} {c:>4} {m['p50_ms']:>7.1f} {m['p95_ms']:>7.1f} {m['p99_ms']:>7.1f} {m['qps']:>7.1f}")
+    ip1, sv1 = summary["inproc", LEVELS[0]], summary["http", LEVELS[0]]
+    ipn, svn = summary["inproc", LEVELS[-1]], summary["http", LEVELS[-1]]
+    ratios = [rnd["http"][-1]["qps"] / max(rnd["inproc"][-1]["qps"], 1e-9) for rnd in results["rounds"]]
     target = 1.15 * ip1["p50_ms"] + 5
-    out += [f"latency at c=1: HTTP p50 {sv1['p50_ms']:.1f} ms vs target 1.15 x {ip1['p50_ms']:.1f} + 5 = {target:.1f} ms "
-            f"-> x{sv1['p50_ms'] / ip1['p50_ms']:.2f} of in-process ({'met' if sv1['p50_ms'] <= target else 'NOT met'})",
-            f"throughput at c={svn['concurrency']}: HTTP {svn['qps']:.1f} QPS / in-process {ipn['qps']:.1f} QPS = "
+    out += [f"latency at c={LEVELS[0]}: HTTP p50 {sv1['p50_ms']:.1f} ms vs target 1.15 x {ip1['p50_ms']:.1f} + 5 = "
+            f"{target:.1f} ms -> x{sv1['p50_ms'] / ip1['p50_ms']:.2f} of in-process "
+            f"({'met' if sv1['p50_ms'] <= target else 'NOT met'})",
+            f"throughput at c={LEVELS[-1]}: HTTP {svn['qps']:.1f} QPS / in-process {ipn['qps']:.1f} QPS = "
             f"x{svn['qps'] / max(ipn['qps'], 1e-9):.2f} (target >= 0.80: "
-            f"{'met' if svn['qps'] >= 0.8 * ipn['qps'] else 'NOT met'})"]
-    for name in ("inproc", "http"):
-        out += [f"errors in {name} c={r['concurrency']}: {r['codes']}" for r in results[name] if r["errors"]]
+            f"{'met' if svn['qps'] >= 0.8 * ipn['qps'] else 'NOT met'}); per round "
+            + ", ".join(f"x{r:.2f}" for r in ratios)]
+    for i, rnd in enumerate(results["rounds"], 1):
+        for side in ("inproc", "http"):
+            out += [f"errors in r{i} {side} c={r['concurrency']}: {r['codes']}" for r in rnd[side] if r["errors"]]
     out.append(f"\nload avg at end {', '.join(f'{x:.2f}' for x in results['load_end'])}; total {results['total_s']} s")
     return "\n".join(out)
 
@@ -216,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/local.yaml")
     parser.add_argument("--cpus", type=int, default=2, help="num_cpus of the private local Ray")
     parser.add_argument("--requests", type=int, default=300, help="timed /v1/search requests per level and side")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for both sides (e.g. index.search_threads=1)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all levels on both sides")
     parser.add_argument("--cap-s", type=float, default=30.0, help="wall-time cap of every timed level")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch/FAISS threads of the in-process side")
     parser.add_argument("--ready-timeout-s", type=float, default=240.0)
@@ -224,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.cap_s = 40, 5.0
+        args.requests, args.cap_s, args.rounds = 40, 5.0, 1
 
     os.chdir(ROOT)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -239,14 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     from mmray.search import NotReady, SearchService
     from mmray.storage import ArtifactStore
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     queries = search_queries()
-    levels = [(c, args.requests) for c in LEVELS]
-    results: dict = {"machine": machine_info(cfg, args), "queries": len(queries)}
+    results: dict = {"machine": machine_info(cfg, args), "queries": len(queries), "rounds": []}
     t_start = time.perf_counter()
 
-    # 1. in-process baseline ------------------------------------------------------------------
-    print(f"[{time.perf_counter() - t_start:5.0f}s] in-process SearchService ...", file=sys.stderr, flush=True)
+    def say(what: str) -> None:
+        print(f"[{time.perf_counter() - t_start:5.0f}s] {what}", file=sys.stderr, flush=True)
+
     torch.set_num_threads(args.torch_threads)
     faiss.omp_set_num_threads(args.torch_threads)
     try:
@@ -254,32 +332,30 @@ def main(argv: list[str] | None = None) -> int:
     except NotReady as e:
         print(f"error: {e} (build the index first)", file=sys.stderr)
         return 2
-    results["inproc"] = asyncio.run(inprocess(svc, queries, levels, args.cap_s))
     check = queries[:5]
     expected = [[h.product_id for h in asyncio.run(svc.search_text(query=q, k=K)).hits] for q in check]
-    del svc
 
-    # 2. Serve ---------------------------------------------------------------------------------
     import httpx
     import ray
     from ray import serve
 
     from deployments.app import build_app
-    from mmray.config.serve import direct_ingress_env, http_options
+    from mmray.config.serve import http_options, ray_start_env
 
     serve_cfg = cfg.serve.model_copy(update={"host": "127.0.0.1", "port": free_port(), "proxy_port": free_port(),
                                              "direct_ingress": not args.proxy})
     base = f"http://127.0.0.1:{serve_cfg.port}"
     results["path"] = "Serve HTTP proxy" if args.proxy else "direct ingress"
-    os.environ.update(direct_ingress_env(serve_cfg))  # read by the Serve controller this Ray starts
+    os.environ.update(ray_start_env(serve_cfg))  # read by the Serve processes this Ray starts
     tmp = tempfile.mkdtemp(prefix="rsb-")
-    print(f"[{time.perf_counter() - t_start:5.0f}s] starting Ray + Serve on {base} ...", file=sys.stderr, flush=True)
+    say(f"starting Ray + Serve on {base} ...")
+    loadgen = None
     try:
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
                  _temp_dir=tmp, _node_ip_address="127.0.0.1")
         serve.start(http_options=http_options(serve_cfg))
         t0 = time.perf_counter()
-        serve.run(build_app({"config": args.config}), name=APP_NAME, route_prefix="/")
+        serve.run(build_app({"config": args.config, "overrides": args.set}), name=APP_NAME, route_prefix="/")
         results["ready"] = wait_ready(base, args.ready_timeout_s)
         results["startup_s"] = round(time.perf_counter() - t0, 1)
         got = []
@@ -288,16 +364,18 @@ def main(argv: list[str] | None = None) -> int:
             got.append([h["product_id"] for h in r.json().get("results", [])] if r.status_code == 200 else r.status_code)
         results["same_results"], results["checked"] = sum(g == e for g, e in zip(got, expected)), len(check)
 
-        # 3. HTTP load from a separate process ---------------------------------------------------
-        print(f"[{time.perf_counter() - t_start:5.0f}s] HTTP load (separate process) ...", file=sys.stderr, flush=True)
-        spec = {"base": base, "queries": queries, "cap_s": args.cap_s, "levels": levels}
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.serve", "--loadgen"], input=json.dumps(spec),
-                              capture_output=True, text=True, timeout=len(levels) * (args.cap_s + 60), cwd=ROOT)
-        if proc.returncode != 0:
-            raise RuntimeError(f"load process failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        results["http"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        loadgen = LoadGen(base, queries, args.cap_s)
+        for i in range(args.rounds):
+            rnd = {"inproc": [], "http": []}
+            for c in LEVELS:
+                say(f"round {i + 1}/{args.rounds}, c={c}: in-process, then HTTP ...")
+                rnd["inproc"].append(inprocess(svc, queries, c, args.requests, args.cap_s))
+                rnd["http"].append(loadgen.run(c, args.requests))
+            results["rounds"].append(rnd)
     finally:
-        print(f"[{time.perf_counter() - t_start:5.0f}s] shutting down ...", file=sys.stderr, flush=True)
+        say("shutting down ...")
+        if loadgen is not None:
+            loadgen.close()
         try:
             serve.shutdown()
         finally:

@@ -136,7 +136,8 @@ class Ingress:
                                 on_error=record_index_load_error)
             indexes.refresh()
             self._poller = asyncio.get_event_loop().create_task(poll_forever(indexes, cfg.reload_poll_s))
-            backend = LocalBackend(indexes, ModelPool(store, index_cfg.embed_batch_size))
+            models = ModelPool(store, index_cfg.embed_batch_size, index_cfg.text_runtime)
+            backend = LocalBackend(indexes, models, index_cfg.search_threads)
         else:
             backend = HandleBackend(embedder, retriever)
         self.service = SearchService(backend, index_cfg)

@@ -2,7 +2,7 @@
 print example requests with their real answers. The app keeps serving after this exits.
 
     python -m deployments.launch --config configs/local.yaml [--set serve.port=8000]
-    python -m deployments.launch --print-ray-env     # what `ray start` needs for serve.direct_ingress
+    python -m deployments.launch --print-ray-env     # the environment `ray start` needs for this config
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import urllib.request
 import uuid
 
 from mmray.config import ConfigError, load_config
-from mmray.config.serve import direct_ingress_env, http_options
+from mmray.config.serve import http_options, ray_start_env
 from mmray.runtime import run_job, setup_logging
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     if args.print_ray_env:
-        print(" ".join(f"{k}={v}" for k, v in direct_ingress_env(load_config(args.config, args.set).serve).items()))
+        print(" ".join(f"{k}={v}" for k, v in ray_start_env(load_config(args.config, args.set).serve).items()))
         return 0
 
     def body() -> int:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             ready = wait_ready(base)
         except TimeoutError:
             if cfg.serve.direct_ingress:
-                env = " ".join(f"{k}={v}" for k, v in direct_ingress_env(cfg.serve).items())
+                env = " ".join(f"{k}={v}" for k, v in ray_start_env(cfg.serve).items())
                 raise TimeoutError(f"nothing answers on {base}: serve.direct_ingress is on, so Ray must be started "
                                    f"with {env} (make serve does this), or set serve.direct_ingress=false") from None
             raise

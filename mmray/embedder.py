@@ -23,17 +23,28 @@ _BATCH = IndexConfig().embed_batch_size
 class Embedder:
     """Batch text/image embedding with one model in eval mode, no gradients."""
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = _BATCH, text_max_tokens: int | None = None):
+    def __init__(self, model: torch.nn.Module, batch_size: int = _BATCH, text_max_tokens: int | None = None,
+                 text_runtime: str = "torch"):
+        """`text_runtime="onnx"`: the text tower runs in ONNX Runtime where it can be exported and
+        agrees with torch (`mmray.model.onnx_text`); otherwise, and by default, in torch."""
         self.model = unwrap_model(model).eval()  # callers that train restore their mode
         self.batch_size = batch_size
         self.text_max_tokens = text_max_tokens
         self.transform = self.model.image_transform(train=False)
+        self._text_features = self.model.text_features
+        self.text_runtime = "torch"
+        if text_runtime == "onnx":
+            from mmray.model.onnx_text import OnnxTextFeatures
+
+            runner = OnnxTextFeatures.build(self.model)
+            if runner is not None:
+                self._text_features, self.text_runtime = runner, "onnx"
 
     @classmethod
-    def from_checkpoint(cls, folder: str, batch_size: int = _BATCH) -> "Embedder":
+    def from_checkpoint(cls, folder: str, batch_size: int = _BATCH, text_runtime: str = "torch") -> "Embedder":
         from mmray.model import load_checkpoint
 
-        return cls(load_checkpoint(folder)[0], batch_size)
+        return cls(load_checkpoint(folder)[0], batch_size, text_runtime=text_runtime)
 
     # ---- tower features
     @torch.no_grad()
@@ -41,7 +52,7 @@ class Embedder:
         out = []
         for i in range(0, len(texts), self.batch_size):
             tok = self.model.tokenize(texts[i:i + self.batch_size], max_tokens or self.text_max_tokens)
-            out.append(self.model.text_features(**tok).float())
+            out.append(self._text_features(**tok).float())
         return torch.cat(out) if out else torch.zeros(0, 1)
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -79,7 +80,8 @@ class SearchService:
         indexes.refresh()
         if indexes.newest is None:
             raise NotReady(indexes.error)
-        return cls(LocalBackend(indexes, ModelPool(store, cfg.embed_batch_size)), cfg)
+        return cls(LocalBackend(indexes, ModelPool(store, cfg.embed_batch_size, cfg.text_runtime), cfg.search_threads),
+                   cfg)
 
     async def info(self, fresh: bool = False) -> dict:
         """What is being served (cached for `info_ttl_s`); NotReady before any index is loaded."""
@@ -141,24 +143,30 @@ def _ms(start: float) -> float:
 
 
 class LocalBackend:
-    """Embedding and retrieval in this process; blocking work in worker threads."""
+    """Embedding and retrieval in this process; blocking work in `threads` worker threads of its own
+    (not asyncio's default pool of cores + 4: past a couple of threads the model's Python code only
+    fights the event loop for the GIL)."""
 
-    def __init__(self, indexes: IndexPool, models: ModelPool):
+    def __init__(self, indexes: IndexPool, models: ModelPool, threads: int):
         self.indexes, self.models = indexes, models
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mmray-search")
+
+    async def _run(self, fn, /, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kwargs))
 
     async def info(self) -> dict:
         return self.indexes.info()
 
     async def embed_text(self, *, text: str, model: str) -> np.ndarray:
-        return await asyncio.to_thread(lambda: self.models.get(model).embed_texts([text])[0])
+        return await self._run(lambda: self.models.get(model).embed_texts([text])[0])
 
     async def embed_image(self, *, image: bytes, model: str) -> np.ndarray:
-        return await asyncio.to_thread(lambda: self.models.get(model).embed_images([image])[0])
+        return await self._run(lambda: self.models.get(model).embed_images([image])[0])
 
     async def search(self, *, version, vector, k, filters, query_text, hybrid, collapse) -> list[Hit]:
         retriever = self.indexes.get(version)
-        return await asyncio.to_thread(retriever.search, vector, k, filters, query_text=query_text, hybrid=hybrid,
-                                       collapse=collapse)
+        return await self._run(retriever.search, vector, k, filters, query_text=query_text, hybrid=hybrid,
+                               collapse=collapse)
 
     async def search_text(self, *, version, model, query, k, filters, hybrid, collapse) -> list[Hit]:
         retriever = self.indexes.get(version)  # before embedding: a version we lack fails fast
@@ -166,12 +174,12 @@ class LocalBackend:
         def work():  # one worker-thread hop for both steps
             vector = self.models.get(model).embed_texts([query])[0]
             return retriever.search(vector, k, filters, query_text=query, hybrid=hybrid, collapse=collapse)
-        return await asyncio.to_thread(work)
+        return await self._run(work)
 
     async def similar(self, *, version, product_id, k, filters) -> list[Hit] | None:
         retriever = self.indexes.get(version)
         try:
-            return await asyncio.to_thread(retriever.similar, product_id, k, filters)
+            return await self._run(retriever.similar, product_id, k, filters)
         except KeyError:
             return None
 
@@ -179,10 +187,10 @@ class LocalBackend:
         return product_record(self.indexes.get(version), product_id)
 
     async def image(self, *, version: str, row: int) -> bytes | None:
-        return await asyncio.to_thread(self.indexes.get(version).image_bytes, row)
+        return await self._run(self.indexes.get(version).image_bytes, row)
 
     async def warm(self, model: str) -> None:
-        await asyncio.to_thread(self.models.get, model)
+        await self._run(self.models.get, model)
 
 
 def product_record(retriever, product_id: str) -> dict | None:

@@ -115,8 +115,8 @@ class ModelPool:
 
     KEEP = 2
 
-    def __init__(self, store: ArtifactStore, batch_size: int):
-        self.store, self.batch_size = store, batch_size
+    def __init__(self, store: ArtifactStore, batch_size: int, text_runtime: str = "torch"):
+        self.store, self.batch_size, self.text_runtime = store, batch_size, text_runtime
         self.models: OrderedDict[str, Embedder] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -124,7 +124,7 @@ class ModelPool:
         with self._lock:
             if ref not in self.models:
                 folder = self.store.resolve_ref(ref).local_dir()
-                self.models[ref] = Embedder.from_checkpoint(folder, self.batch_size)
+                self.models[ref] = Embedder.from_checkpoint(folder, self.batch_size, self.text_runtime)
                 while len(self.models) > self.KEEP:
                     self.models.popitem(last=False)
             self.models.move_to_end(ref)

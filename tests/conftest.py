@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmray.config.serve import REPLICA_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 LUMA_CATALOG = ROOT / "data" / "luma" / "catalog.jsonl"
 LOCAL_CONFIG = ROOT / "configs" / "local.yaml"
@@ -55,6 +57,9 @@ S3_ENDPOINT = _start_s3_server()
 os.environ.update(AWS_ENDPOINT_URL=S3_ENDPOINT, AWS_ACCESS_KEY_ID="mmray-test",
                   AWS_SECRET_ACCESS_KEY="mmray-test-secret", AWS_DEFAULT_REGION="us-east-1",
                   AWS_EC2_METADATA_DISABLED="true")
+# Serve replicas run as `make serve` runs them (user code on the replica's own event loop, ...):
+# Ray's processes inherit this environment.
+os.environ.update(REPLICA_ENV)
 os.environ.setdefault("MMRAY_CACHE_DIR", tempfile.mkdtemp(prefix="mmray-test-cache-"))
 
 

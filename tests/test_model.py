@@ -343,3 +343,52 @@ def test_multilingual_config_errors_name_the_field(fields, match):
 
     with pytest.raises(ValidationError, match=match):
         ModelConfig(text_tower="use-multilingual", **fields)
+
+
+# --------------------------------------------------------------------------- text tower on ONNX Runtime
+
+ONNX_TEXTS = ["red", "black hoodie for women", "a waterproof hiking jacket with two zip pockets and a hood",
+              "防水登山背包", "", "x" * 300]
+
+
+def test_onnx_text_tower_matches_torch_on_padded_batches(lite_locked):
+    from mmray.embedder import Embedder
+
+    reference = Embedder(lite_locked, batch_size=4)  # torch; batches of 4 and 2, padded to their longest text
+    onnx = Embedder(lite_locked, batch_size=4, text_runtime="onnx")
+    assert (reference.text_runtime, onnx.text_runtime) == ("torch", "onnx")
+    np.testing.assert_allclose(onnx.embed_texts(ONNX_TEXTS), reference.embed_texts(ONNX_TEXTS), atol=1e-5)
+    for text in ONNX_TEXTS:  # one at a time, as queries arrive
+        np.testing.assert_allclose(onnx.embed_texts([text]), reference.embed_texts([text]), atol=1e-5)
+    torch.testing.assert_close(onnx.text_features(ONNX_TEXTS[:3]), reference.text_features(ONNX_TEXTS[:3]),
+                               atol=1e-4, rtol=0)
+
+
+def test_onnx_text_tower_falls_back_to_torch(lite_locked, multilingual, monkeypatch, caplog):
+    import builtins
+
+    from mmray.embedder import Embedder
+
+    assert Embedder(multilingual, text_runtime="onnx").text_runtime == "torch"  # numpy tower: nothing to export
+    assert "not a torch graph" in caplog.text
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    fallback = Embedder(lite_locked, text_runtime="onnx")
+    assert fallback.text_runtime == "torch" and "onnxruntime" in caplog.text
+    np.testing.assert_allclose(fallback.embed_texts(["red jacket"]), Embedder(lite_locked).embed_texts(["red jacket"]))
+
+
+def test_onnx_text_tower_that_disagrees_is_refused(lite_locked, monkeypatch, caplog):
+    from mmray.embedder import Embedder
+    from mmray.model import onnx_text
+
+    real_call = onnx_text.OnnxTextFeatures.__call__
+    monkeypatch.setattr(onnx_text.OnnxTextFeatures, "__call__", lambda self, **tok: real_call(self, **tok) + 0.01)
+    assert Embedder(lite_locked, text_runtime="onnx").text_runtime == "torch"
+    assert "disagrees" in caplog.text

@@ -55,3 +55,20 @@ def test_internal_ref_bundles_stream_blocks_for_the_progress_log(ray_session, ca
         blocks = list(_with_progress(ds, rows=10, every_s=0.0))
     assert sum(len(block) for block in blocks) == 10
     assert "images: 5/10 rows" in caplog.text  # the first of two 5-row blocks was counted
+
+
+def test_ray_start_env_names_only_variables_ray_serve_reads():
+    from ray.serve._private import constants
+
+    from mmray.config import ServeConfig
+    from mmray.config.serve import REPLICA_ENV, ray_start_env
+
+    source = inspect.getsource(constants)
+    env = ray_start_env(ServeConfig(port=9000))
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("9000", "9049")
+    for name in env:
+        assert f'"{name}"' in source, f"Ray Serve no longer reads {name}: update mmray.config.serve.ray_start_env"
+    assert REPLICA_ENV.items() <= env.items()
+    assert ray_start_env(ServeConfig(direct_ingress=False, tuned_replicas=False)) == {}
+    assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in ray_start_env(ServeConfig(direct_ingress=False))

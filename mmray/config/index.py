@@ -1,6 +1,8 @@
 """Index building and search settings (`jobs.build_index`, the Retriever)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from mmray.config.base import StrictConfig
@@ -25,6 +27,15 @@ class IndexConfig(StrictConfig):
     """HNSW search beam width (recall vs speed)."""
     embed_batch_size: int = Field(64, ge=1)
     """Rows per embedding batch."""
+    text_runtime: Literal["onnx", "torch"] = "onnx"
+    """Where a serving process on CPU (the co-located Ingress, an in-process SearchService) runs the
+    text tower for queries: `onnx` exports it to ONNX Runtime when the model loads (checked against
+    torch; falls back to torch with a warning), about 3x less CPU per query and no GIL held, so
+    the HTTP event loop keeps a core. The split graph's Embedder deployment (GPU) always uses torch."""
+    search_threads: int = Field(2, ge=1)
+    """Worker threads a serving process (the co-located Ingress, the Retriever, an in-process
+    SearchService) runs embedding and search in. More threads than cores only add GIL contention
+    with the HTTP event loop: 2 measured best on a 1-CPU replica (BENCHMARKS.md, serve)."""
     embed_concurrency: int = Field(2, ge=1)
     """Embedder actors in the Ray Data pool that embeds the catalog (one model copy each)."""
     embed_num_gpus: float = Field(0.0, ge=0)

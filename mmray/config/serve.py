@@ -78,8 +78,12 @@ class ServeConfig(StrictConfig):
     """Clients reach the Ingress replica itself on `port` (Ray Serve's direct ingress: no proxy hop,
     about 20 ms less per request here). Needs RAY_SERVE_ENABLE_DIRECT_INGRESS=1 and
     RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=<port> in the environment Ray starts with (`make serve`
-    sets them; see `direct_ingress_env`). Further Ingress replicas on a node take the next ports.
+    sets them; see `ray_start_env`). Further Ingress replicas on a node take the next ports.
     False: everything goes through Serve's HTTP proxy on `port`."""
+    tuned_replicas: bool = True
+    """Start Ray with Serve's replica throughput settings (`REPLICA_ENV` below: user code on the
+    replica's own event loop, buffered request logs), as `make serve` does; about 10-20 % more
+    QPS at concurrency 16 here (BENCHMARKS.md, serve)."""
     proxy_port: int = Field(8100, ge=1, le=65535)
     """With direct_ingress, the port of Serve's HTTP proxy, which Ray still runs (health checks, fallback)."""
     keep_alive_timeout_s: float = Field(90.0, gt=0)
@@ -130,12 +134,28 @@ class ServeConfig(StrictConfig):
     """Retriever deployment."""
 
 
-def direct_ingress_env(cfg: ServeConfig) -> dict[str, str]:
-    """Environment Ray must start with for `cfg.direct_ingress` (read by Serve's controller)."""
-    if not cfg.direct_ingress:
-        return {}
-    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(cfg.port),
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(cfg.port + 49)}
+# Ray Serve reads these when its processes start, so they go into the environment of `ray start`
+# (or of the driver that calls ray.init), not into the application. Each is one of the settings
+# Serve's own RAY_SERVE_THROUGHPUT_OPTIMIZED=1 bundles; that switch is not used as a whole because
+# it also turns on direct ingress and gRPC handles, which `serve.direct_ingress` decides here.
+REPLICA_ENV = {
+    # user code on the replica's own event loop: no cross-thread hop and no second loop thread
+    # competing for the GIL on every request (the largest single share of the HTTP overhead here)
+    # (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 is left out: a driver started with it cannot call a
+    # DeploymentHandle outside an event loop)
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    # Serve's request-path log lines are written in batches, not flushed one by one
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+
+
+def ray_start_env(cfg: ServeConfig) -> dict[str, str]:
+    """Environment Ray must start with to serve `cfg` (read by Serve's controller and replicas)."""
+    env = dict(REPLICA_ENV) if cfg.tuned_replicas else {}
+    if cfg.direct_ingress:
+        env |= {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(cfg.port),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(cfg.port + 49)}
+    return env
 
 
 def http_options(cfg: ServeConfig) -> dict:
