@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from mmray.config import ModelConfig
@@ -392,3 +393,55 @@ def test_onnx_text_tower_that_disagrees_is_refused(lite_locked, monkeypatch, cap
     monkeypatch.setattr(onnx_text.OnnxTextFeatures, "__call__", lambda self, **tok: real_call(self, **tok) + 0.01)
     assert Embedder(lite_locked, text_runtime="onnx").text_runtime == "torch"
     assert "disagrees" in caplog.text
+
+
+# --------------------------------------------------------------------------- scene augmentation
+
+
+def _packshot(size: int = 96) -> Image.Image:
+    """A red square (the product, 40 x 30 px at (30, 20)) on a near-white studio backdrop."""
+    im = Image.new("RGB", (size, size), (250, 250, 248))
+    im.paste((200, 20, 20), (30, 20, 70, 50))
+    return im
+
+
+def test_foreground_mask_finds_the_product_on_its_backdrop():
+    from mmray.model.transforms import foreground_mask
+
+    mask = np.asarray(foreground_mask(_packshot())) > 0
+    truth = np.zeros_like(mask)
+    truth[20:50, 30:70] = True
+    iou = (mask & truth).sum() / (mask | truth).sum()
+    assert iou > 0.9, iou
+
+
+def test_in_scene_puts_the_whole_product_into_the_other_photo():
+    import random
+
+    from mmray.model.transforms import in_scene
+
+    background = Image.new("RGB", (120, 80), (20, 60, 200))  # a blue "shelf"
+    for seed in range(5):
+        scene = np.asarray(in_scene(_packshot(), background, random.Random(seed))).astype(int)
+        assert scene.shape == (96, 96, 3)
+        red = (scene[..., 0] > 150) & (scene[..., 1] < 80) & (scene[..., 2] < 80)
+        blue = (scene[..., 2] > 150) & (scene[..., 0] < 80)
+        white = (scene > 235).all(axis=2)
+        # the packshot (96 px, turned up to 10 degrees: <= 113 px) scaled to 50-85 % of 96 px keeps
+        # its 40 x 30 px product at a linear factor >= 0.5 * 96 / 113 = 0.42: >= 1200 * 0.18 = 216 px
+        assert red.sum() >= 200, red.sum()
+        assert blue.sum() > 0.2 * 96 * 96 and white.sum() < 0.02 * 96 * 96  # backdrop replaced, not pasted along
+
+
+def test_feature_cache_key_follows_the_augmentation():
+    from mmray.config import MmrayConfig
+    from mmray.training.data import cache_key
+
+    class Dataset:
+        ref = "datasets/luma/v20260101-000000-000"
+
+    base = MmrayConfig()
+    keys = {cache_key(c, Dataset(), 3) for c in (
+        base, base.model_copy(update={"train": base.train.model_copy(update={"scene_augment": 0.0})}),
+        base.model_copy(update={"train": base.train.model_copy(update={"augment": False})}))}
+    assert len(keys) == 3

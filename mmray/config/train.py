@@ -35,6 +35,10 @@ class TrainConfig(StrictConfig):
     """Autocast precision; bf16 applies on GPU only."""
     augment: bool = True
     """Random resized crop + flip + colour jitter on training images."""
+    scene_augment: float = Field(0.5, ge=0.0, le=1.0)
+    """With augment on: the share of augmented views that show the product cut from its packshot
+    and placed into a crop of another catalog photo (`mmray.model.transforms.in_scene`), so that
+    search by shopper photos (products on shelves, rails, tables) finds the packshot."""
     max_failures: int = Field(2, ge=0)
     """Worker failures Ray Train recovers from (resuming from the last checkpoint)."""
     seed: int = 0

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import random
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from PIL import Image
 
 from mmray.config import MmrayConfig, ModelConfig
 from mmray.dataset import item_paths
+from mmray.model.transforms import in_scene
 from mmray.storage import Version, feature_cache_kind
 
 log = logging.getLogger(__name__)
@@ -47,25 +49,34 @@ def explode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class FeatureEncoder:
     """Ray Data actor: image bytes -> `views` tower features (view 0 unaugmented), captions -> features."""
 
-    def __init__(self, model_cfg: ModelConfig, views: int, captions: int, seed: int):
+    def __init__(self, model_cfg: ModelConfig, views: int, captions: int, seed: int, scene_p: float = 0.0):
         from mmray.model import build_model
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         self.model = build_model(model_cfg).eval()
         self.plain, self.augment = self.model.image_transform(False), self.model.image_transform(True)
-        self.views, self.captions = views, captions
+        self.views, self.captions, self.scene_p = views, captions, scene_p
         torch.manual_seed(seed)
+        self.rng = random.Random(seed)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = [Image.open(io.BytesIO(b)).convert("RGB") for b in batch["image"]]
-        pixels = torch.stack([self.plain(im) if v == 0 else self.augment(im)
-                              for im in images for v in range(self.views)])  # (B*V, 3, S, S)
+        pixels = torch.stack([self.plain(im) if v == 0 else self.augment(maybe_in_scene(images, i, self.scene_p, self.rng))
+                              for i, im in enumerate(images) for v in range(self.views)])  # (B*V, 3, S, S)
         img = self.model.image_features(pixels).reshape(len(images), self.views, -1)
         texts = [_pad(list(c), self.captions)[j] for c in batch["captions"] for j in range(self.captions)]
         txt = self.model.text_features(**self.model.tokenize(texts)).reshape(len(images), self.captions, -1)
         return {"group": batch["group"], "image_feats": img.numpy().astype(np.float32),
                 "text_feats": txt.numpy().astype(np.float32)}
+
+
+def maybe_in_scene(images: list[Image.Image], i: int, p: float, rng: random.Random) -> Image.Image:
+    """images[i], or with probability p images[i] placed into another image of the batch."""
+    if len(images) < 2 or rng.random() >= p:
+        return images[i]
+    j = rng.randrange(len(images) - 1)
+    return in_scene(images[i], images[j + (j >= i)], rng)
 
 
 def _pad(captions: list[str], n: int) -> list[str]:
@@ -75,7 +86,9 @@ def _pad(captions: list[str], n: int) -> list[str]:
 def cache_key(cfg: MmrayConfig, dataset: Version, views: int) -> str:
     towers = cfg.model.model_dump(include={"kind", "image_size", "max_text_tokens", "open_clip_model",
                                            "open_clip_pretrained", "text_tower"})
-    blob = json.dumps([towers, views, cfg.data.caption.num_variants, dataset.ref, cfg.train.seed], sort_keys=True)
+    augment = [cfg.train.augment, cfg.train.scene_augment if cfg.train.augment else 0.0]
+    blob = json.dumps([towers, views, cfg.data.caption.num_variants, dataset.ref, cfg.train.seed, augment],
+                      sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -98,7 +111,8 @@ def train_dataset(cfg: MmrayConfig, dataset: Version, cached: bool, views: int =
                          parents={"dataset": dataset.ref}) as writer:
             log.info("caching tower features (%d views per image) -> %s", views, writer.uri())
             rows.map_batches(FeatureEncoder, batch_size=32, batch_format="numpy",
-                             fn_constructor_args=(cfg.model, views, cfg.data.caption.num_variants, cfg.train.seed),
+                             fn_constructor_args=(cfg.model, views, cfg.data.caption.num_variants, cfg.train.seed,
+                                                  cfg.train.scene_augment if cfg.train.augment else 0.0),
                              compute=ray.data.ActorPoolStrategy(size=max(1, cfg.train.num_workers))
                              ).write_parquet(writer.path("features"), filesystem=store.fs)
             cache = writer.commit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import random
 import tempfile
 import time
 
@@ -20,6 +21,7 @@ from mmray.config import MmrayConfig
 from mmray.loss import ClipLoss, SigLipLoss
 from mmray.model import build_model, save_checkpoint
 from mmray.model.checkpoint import WEIGHTS_FILE
+from mmray.training.data import maybe_in_scene
 from mmray.training.evaluate import evaluate
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -72,13 +74,15 @@ def run_epoch(state: TrainState, batches, rank: int, world: int, cached: bool, e
                if cfg.train.loss == "clip" else SigLipLoss(rank=rank, world_size=world))
     gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 101 + rank)
     augment = None if cached else model.image_transform(train=cfg.train.augment)
+    scene_p = cfg.train.scene_augment if cfg.train.augment else 0.0
+    scene_rng = random.Random(cfg.train.seed * 100_003 + epoch * 101 + rank)
     use_bf16 = cfg.train.precision == "bf16" and torch.cuda.is_available()
     device = next(model.parameters()).device
     model.train()
     losses = []
     for i, batch in enumerate(batches):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            image, text = embed_batch(model, batch, cached, augment, gen, device)
+            image, text = embed_batch(model, batch, cached, augment, gen, device, scene_p, scene_rng)
             groups = torch.as_tensor(batch["group"], device=device)
             if cfg.train.loss == "clip":
                 loss = loss_fn(image, text, model.logit_scale, groups)
@@ -97,7 +101,8 @@ def run_epoch(state: TrainState, batches, rank: int, world: int, cached: bool, e
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def embed_batch(model, batch, cached: bool, augment, gen: torch.Generator, device):
+def embed_batch(model, batch, cached: bool, augment, gen: torch.Generator, device, scene_p: float = 0.0,
+                scene_rng: random.Random | None = None):
     """(B, E) image and text embeddings of a batch: one random view and one random caption per row."""
     if cached:
         img_feats = torch.as_tensor(batch["image_feats"], device=device)  # (B, V, D_img)
@@ -107,7 +112,9 @@ def embed_batch(model, batch, cached: bool, augment, gen: torch.Generator, devic
         c = torch.randint(txt_feats.shape[1], (b,), generator=gen)
         rows = torch.arange(b)
         return model.project_image(img_feats[rows, v]), model.project_text(txt_feats[rows, c])
-    pixels = torch.stack([augment(Image.open(io.BytesIO(bytes(x))).convert("RGB")) for x in batch["image"]])
+    images = [Image.open(io.BytesIO(bytes(x))).convert("RGB") for x in batch["image"]]
+    rng = scene_rng or random.Random(0)
+    pixels = torch.stack([augment(maybe_in_scene(images, i, scene_p, rng)) for i in range(len(images))])
     picks = torch.randint(1 << 30, (len(batch["captions"]),), generator=gen).tolist()
     texts = [list(c)[p % len(c)] for c, p in zip(batch["captions"], picks)]
     tokens = {k: v.to(device) for k, v in model.tokenize(texts).items()}
