@@ -118,14 +118,24 @@ class ModelPool:
     def __init__(self, store: ArtifactStore, batch_size: int, text_runtime: str = "torch"):
         self.store, self.batch_size, self.text_runtime = store, batch_size, text_runtime
         self.models: OrderedDict[str, Embedder] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards `models`
+        self._loading = threading.Lock()  # one load at a time
 
     def get(self, ref: str) -> Embedder:
         with self._lock:
-            if ref not in self.models:
-                folder = self.store.resolve_ref(ref).local_dir()
-                self.models[ref] = Embedder.from_checkpoint(folder, self.batch_size, self.text_runtime)
+            if ref in self.models:
+                self.models.move_to_end(ref)
+                return self.models[ref]
+        # Loaded outside the lock (seconds: download, verify, ONNX export), so queries for the
+        # model already held keep being answered while a new one loads.
+        with self._loading:
+            with self._lock:
+                if ref in self.models:  # another thread loaded it meanwhile
+                    return self.models[ref]
+            embedder = Embedder.from_checkpoint(self.store.resolve_ref(ref).local_dir(), self.batch_size,
+                                                self.text_runtime)
+            with self._lock:
+                self.models[ref] = embedder
                 while len(self.models) > self.KEEP:
                     self.models.popitem(last=False)
-            self.models.move_to_end(ref)
-            return self.models[ref]
+                return embedder

@@ -785,3 +785,32 @@ def test_health_stays_fast_while_clients_upload_huge_images(app):
     health.sort()
     p99 = health[int(0.99 * (len(health) - 1))]
     assert len(health) >= 20 and p99 < 0.2, f"/healthz p99 {p99 * 1000:.0f} ms over {len(health)} probes"
+
+
+def test_model_pool_answers_for_a_held_model_while_another_loads(monkeypatch):
+    from mmray import serving
+
+    class Store:
+        def resolve_ref(self, ref):
+            return type("V", (), {"local_dir": lambda self: ref})()
+
+    release, started = threading.Event(), threading.Event()
+
+    def from_checkpoint(folder, batch_size, text_runtime):
+        if folder == "models/dual_encoder/slow":
+            started.set()
+            assert release.wait(10)
+        return f"embedder of {folder}"
+
+    monkeypatch.setattr(serving.Embedder, "from_checkpoint", staticmethod(from_checkpoint))
+    pool = serving.ModelPool(Store(), 8)
+    assert pool.get("models/dual_encoder/held") == "embedder of models/dual_encoder/held"
+    loader = threading.Thread(target=pool.get, args=("models/dual_encoder/slow",))
+    loader.start()
+    assert started.wait(10)
+    t0 = time.perf_counter()
+    assert pool.get("models/dual_encoder/held") == "embedder of models/dual_encoder/held"  # not queued behind the load
+    assert time.perf_counter() - t0 < 1.0
+    release.set()
+    loader.join(10)
+    assert list(pool.models) == ["models/dual_encoder/held", "models/dual_encoder/slow"]
