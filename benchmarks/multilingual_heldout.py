@@ -66,7 +66,7 @@ def score(root: str, config: str) -> dict:
     chinese = [to_chinese(q.facets) for q in queries]
     assert [q.text for q in queries] == ev.query_texts
     zh = dataclasses.replace(ev, queries=chinese, query_texts=chinese)  # strings: embedded by evaluate()
-    return {"root": root, "model": model_ref, "text_tower": model.cfg.text_tower,
+    return {"root": root, "text_tower": model.cfg.text_tower,
             "queries": len(queries), "en": evaluate(model, ev), "zh": evaluate(model, zh),
             "examples": list(zip([q.text for q in queries[:4]], chinese[:4]))}
 

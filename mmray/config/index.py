@@ -33,8 +33,8 @@ class IndexConfig(StrictConfig):
     torch; falls back to torch with a warning), about 3x less CPU per query and no GIL held, so
     the HTTP event loop keeps a core. The split graph's Embedder deployment (GPU) always uses torch."""
     search_threads: int = Field(2, ge=1)
-    """Worker threads a serving process (the co-located Ingress, the Retriever, an in-process
-    SearchService) runs embedding and search in. More threads than cores only add GIL contention
+    """Worker threads a process searching through `LocalBackend` (the co-located Ingress, an
+    in-process SearchService) runs embedding and search in. More threads than cores only add GIL contention
     with the HTTP event loop: 2 measured best on a 1-CPU replica (BENCHMARKS.md, serve)."""
     embed_concurrency: int = Field(2, ge=1)
     """Embedder actors in the Ray Data pool that embeds the catalog (one model copy each)."""

@@ -39,6 +39,11 @@ class TrainConfig(StrictConfig):
     """With augment on: the share of augmented views that show the product cut from its packshot
     and placed into a crop of another catalog photo (`mmray.model.transforms.in_scene`), so that
     search by shopper photos (products on shelves, rails, tables) finds the packshot."""
+
+    @property
+    def scene_share(self) -> float:
+        """The share of augmented views put into scenes: `scene_augment`, or 0 with augment off."""
+        return self.scene_augment if self.augment else 0.0
     max_failures: int = Field(2, ge=0)
     """Worker failures Ray Train recovers from (resuming from the last checkpoint)."""
     seed: int = 0

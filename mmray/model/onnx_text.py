@@ -49,8 +49,9 @@ class OnnxTextFeatures:
         return torch.from_numpy(out)
 
     @classmethod
-    def build(cls, model, threads: int | None = None) -> OnnxTextFeatures | None:
-        """Export `model`'s text tower and check it; None (torch stays in use) when that fails."""
+    def build(cls, model) -> OnnxTextFeatures | None:
+        """Export `model`'s text tower and check it; None (torch stays in use) when that fails.
+        ONNX Runtime gets as many threads as torch has here (1 in a 1-CPU Ray actor)."""
         if model.tokenizer is None or not any(True for _ in model.text_tower.parameters()):
             log.warning("text_runtime onnx: the %s text tower is not a torch graph; using it as it is",
                         type(model.text_tower).__name__)
@@ -69,15 +70,15 @@ class OnnxTextFeatures:
                                                 "features": {0: "batch"}},
                                   opset_version=17, dynamo=False)
             options = ort.SessionOptions()
-            options.intra_op_num_threads = threads or torch.get_num_threads()
+            options.intra_op_num_threads = torch.get_num_threads()
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
             runner = cls(ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"]))
-            with torch.no_grad():
-                expected = model.text_features(**tok).float()
-                single = model.text_features(**model.tokenize(PROBES[:1])).float()
-            diff = max(float((runner(**tok) - expected).abs().max()),
-                       float((runner(**model.tokenize(PROBES[:1])) - single).abs().max()))
+            diff = 0.0
+            for probe in (tok, model.tokenize(PROBES[:1])):  # padded batch, and one query alone
+                with torch.no_grad():
+                    expected = model.text_features(**probe).float()
+                diff = max(diff, float((runner(**probe) - expected).abs().max()))
         except Exception as e:  # noqa: BLE001 - any failure means: keep the torch tower
             log.warning("text_runtime onnx unavailable (%s: %s); using torch", type(e).__name__, str(e)[:200])
             return None

@@ -49,7 +49,7 @@ def explode_images(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class FeatureEncoder:
     """Ray Data actor: image bytes -> `views` tower features (view 0 unaugmented), captions -> features."""
 
-    def __init__(self, model_cfg: ModelConfig, views: int, captions: int, seed: int, scene_p: float = 0.0):
+    def __init__(self, model_cfg: ModelConfig, views: int, captions: int, seed: int, scene_p: float):
         from mmray.model import build_model
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -86,7 +86,7 @@ def _pad(captions: list[str], n: int) -> list[str]:
 def cache_key(cfg: MmrayConfig, dataset: Version, views: int) -> str:
     towers = cfg.model.model_dump(include={"kind", "image_size", "max_text_tokens", "open_clip_model",
                                            "open_clip_pretrained", "text_tower"})
-    augment = [cfg.train.augment, cfg.train.scene_augment if cfg.train.augment else 0.0]
+    augment = [cfg.train.augment, cfg.train.scene_share]
     blob = json.dumps([towers, views, cfg.data.caption.num_variants, dataset.ref, cfg.train.seed, augment],
                       sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
@@ -112,7 +112,7 @@ def train_dataset(cfg: MmrayConfig, dataset: Version, cached: bool, views: int =
             log.info("caching tower features (%d views per image) -> %s", views, writer.uri())
             rows.map_batches(FeatureEncoder, batch_size=32, batch_format="numpy",
                              fn_constructor_args=(cfg.model, views, cfg.data.caption.num_variants, cfg.train.seed,
-                                                  cfg.train.scene_augment if cfg.train.augment else 0.0),
+                                                  cfg.train.scene_share),
                              compute=ray.data.ActorPoolStrategy(size=max(1, cfg.train.num_workers))
                              ).write_parquet(writer.path("features"), filesystem=store.fs)
             cache = writer.commit()

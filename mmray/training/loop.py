@@ -74,7 +74,6 @@ def run_epoch(state: TrainState, batches, rank: int, world: int, cached: bool, e
                if cfg.train.loss == "clip" else SigLipLoss(rank=rank, world_size=world))
     gen = torch.Generator().manual_seed(cfg.train.seed * 100_003 + epoch * 101 + rank)
     augment = None if cached else model.image_transform(train=cfg.train.augment)
-    scene_p = cfg.train.scene_augment if cfg.train.augment else 0.0
     scene_rng = random.Random(cfg.train.seed * 100_003 + epoch * 101 + rank)
     use_bf16 = cfg.train.precision == "bf16" and torch.cuda.is_available()
     device = next(model.parameters()).device
@@ -82,7 +81,7 @@ def run_epoch(state: TrainState, batches, rank: int, world: int, cached: bool, e
     losses = []
     for i, batch in enumerate(batches):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            image, text = embed_batch(model, batch, cached, augment, gen, device, scene_p, scene_rng)
+            image, text = embed_batch(model, batch, cached, augment, gen, device, cfg.train.scene_share, scene_rng)
             groups = torch.as_tensor(batch["group"], device=device)
             if cfg.train.loss == "clip":
                 loss = loss_fn(image, text, model.logit_scale, groups)
@@ -101,8 +100,8 @@ def run_epoch(state: TrainState, batches, rank: int, world: int, cached: bool, e
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def embed_batch(model, batch, cached: bool, augment, gen: torch.Generator, device, scene_p: float = 0.0,
-                scene_rng: random.Random | None = None):
+def embed_batch(model, batch, cached: bool, augment, gen: torch.Generator, device, scene_p: float,
+                scene_rng: random.Random):
     """(B, E) image and text embeddings of a batch: one random view and one random caption per row."""
     if cached:
         img_feats = torch.as_tensor(batch["image_feats"], device=device)  # (B, V, D_img)
@@ -113,8 +112,7 @@ def embed_batch(model, batch, cached: bool, augment, gen: torch.Generator, devic
         rows = torch.arange(b)
         return model.project_image(img_feats[rows, v]), model.project_text(txt_feats[rows, c])
     images = [Image.open(io.BytesIO(bytes(x))).convert("RGB") for x in batch["image"]]
-    rng = scene_rng or random.Random(0)
-    pixels = torch.stack([augment(maybe_in_scene(images, i, scene_p, rng)) for i in range(len(images))])
+    pixels = torch.stack([augment(maybe_in_scene(images, i, scene_p, scene_rng)) for i in range(len(images))])
     picks = torch.randint(1 << 30, (len(batch["captions"]),), generator=gen).tolist()
     texts = [list(c)[p % len(c)] for c, p in zip(batch["captions"], picks)]
     tokens = {k: v.to(device) for k, v in model.tokenize(texts).items()}
