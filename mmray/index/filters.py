@@ -30,7 +30,8 @@ class SearchFilters(BaseModel):
         return self
 
     def is_empty(self) -> bool:
-        return self == SearchFilters()
+        return not (self.category or self.gender or self.color or self.available_only
+                    or self.min_price is not None or self.max_price is not None)
 
     def mask(self, meta: dict[str, np.ndarray]) -> np.ndarray:
         """(N,) bool over metadata columns (lower-cased strings, float prices)."""

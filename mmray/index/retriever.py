@@ -49,6 +49,8 @@ class Retriever:
         self.rows_of_product: dict[str, list[int]] = {}
         for row, pid in enumerate(meta["product_id"]):
             self.rows_of_product.setdefault(pid, []).append(row)
+        self._everything = np.ones(len(vectors), dtype=bool)
+        self._everything.flags.writeable = False  # shared by every unfiltered search
 
     @classmethod
     def load(cls, version: Version, cfg: IndexConfig | None = None) -> Retriever:
@@ -94,10 +96,12 @@ class Retriever:
                query_text: str | None = None, hybrid: bool = False, collapse: bool = True,
                exclude_rows: list[int] | None = None) -> list[Hit]:
         """Top-k items (or products, when `collapse`) for a query vector, optionally fused with BM25."""
-        mask = (filters or SearchFilters()).mask(self.meta)
+        unfiltered = filters is None or filters.is_empty()
+        mask = self._everything if unfiltered else filters.mask(self.meta)
         if exclude_rows:
+            mask = mask.copy()
             mask[exclude_rows] = False
-        n_match = int(mask.sum())
+        n_match = len(mask) if unfiltered and not exclude_rows else int(np.count_nonzero(mask))
         if n_match == 0 or k <= 0:
             return []
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
@@ -106,8 +110,11 @@ class Retriever:
         while True:
             vec_rows, vec_scores = self._vector_candidates(vector, mask, fetch, unrestricted)
             ranked = self._fuse(vec_rows, vec_scores, query_text, mask, fetch) if hybrid and query_text \
-                else [(r, s, ["vector"]) for r, s in zip(vec_rows, vec_scores)]
-            hits = self._collapse(ranked, mask) if collapse else [self._hit(r, s, src) for r, s, src in ranked]
+                else [(r, s, ("vector",)) for r, s in zip(vec_rows, vec_scores)]
+            if collapse:
+                hits = self._collapse(ranked, mask, k, unrestricted)
+            else:
+                hits = [self._hit(r, s, src) for r, s, src in ranked[:k]]
             if len(hits) >= k or fetch >= n_match:
                 return hits[:k]
             fetch = min(n_match, fetch * 4)
@@ -117,12 +124,14 @@ class Retriever:
             scores, rows = self.ann.search(vector, fetch)
         else:
             scores, rows = self._filtered_ann(vector, mask, fetch)
-        pairs = [(int(r), float(s)) for r, s in zip(rows[0], scores[0]) if r >= 0 and mask[r]]
-        if len(pairs) < fetch:  # the ANN index could not deliver: brute force over the matching rows
+        rows, scores = rows[0], scores[0]
+        keep = rows >= 0
+        keep[keep] = mask[rows[keep]]
+        if int(np.count_nonzero(keep)) < fetch:  # the ANN index could not deliver: brute force over the matching rows
             subset = np.flatnonzero(mask)
             s, i = exact_search(self.vectors[subset], vector, fetch)
-            pairs = [(int(subset[j]), float(v)) for j, v in zip(i[0], s[0])]
-        return [r for r, _ in pairs], [s for _, s in pairs]
+            return subset[i[0]].tolist(), s[0].tolist()
+        return rows[keep].tolist(), scores[keep].tolist()
 
     def _filtered_ann(self, vector, mask, fetch):
         ids = np.flatnonzero(mask).astype(np.int64)
@@ -137,33 +146,45 @@ class Retriever:
     def _fuse(self, vec_rows, vec_scores, query_text, mask, fetch):
         """Reciprocal rank fusion: score = sum over rankings of 1 / (rrf_k + rank), rank from 1."""
         lex = self.lexical.scores(query_text, mask)
-        lex_rows = [int(r) for r in np.argsort(-lex, kind="stable")[:fetch] if np.isfinite(lex[r]) and lex[r] > 0]
+        top = np.argsort(-lex, kind="stable")[:fetch]
+        lex_rows = top[np.isfinite(lex[top]) & (lex[top] > 0)].tolist()
         fused: dict[int, list] = {}
         for ranking, name in ((vec_rows, "vector"), (lex_rows, "lexical")):
             for rank, row in enumerate(ranking, start=1):
-                entry = fused.setdefault(row, [0.0, []])
-                entry[0] += 1.0 / (self.rrf_k + rank)
-                entry[1].append(name)
+                entry = fused.get(row)
+                if entry is None:
+                    fused[row] = [1.0 / (self.rrf_k + rank), (name,)]
+                else:
+                    entry[0] += 1.0 / (self.rrf_k + rank)
+                    entry[1] += (name,)
         return sorted(((r, s, src) for r, (s, src) in fused.items()), key=lambda t: (-t[1], t[0]))
 
-    def _collapse(self, ranked, mask: np.ndarray) -> list[Hit]:
-        """One hit per product, its best-ranked item; `variants` counts all of the product's
-        items that pass the filters, not only those among the candidates."""
-        best: dict[str, Hit] = {}
+    def _collapse(self, ranked, mask: np.ndarray, k: int, unrestricted: bool) -> list[Hit]:
+        """One hit per product (the first k products), its best-ranked item; `retrievers` joins
+        every candidate row of the product; `variants` counts all of the product's items that pass
+        the filters, not only those among the candidates."""
+        products = self.meta["product_id"]
+        best: dict[str, tuple[int, float, set]] = {}
         for row, score, sources in ranked:
-            pid = self.meta["product_id"][row]
+            pid = products[row]
             if pid in best:
-                best[pid].retrievers = sorted(set(best[pid].retrievers) | set(sources))
-            else:
-                best[pid] = self._hit(row, score, sources)
-                best[pid].variants = int(mask[self.rows_of_product[pid]].sum())
-        return list(best.values())
+                best[pid][2].update(sources)
+            elif len(best) < k:
+                best[pid] = (row, score, set(sources))
+        hits = []
+        for pid, (row, score, sources) in best.items():
+            hit = self._hit(row, score, sources)
+            rows = self.rows_of_product[pid]
+            hit.variants = len(rows) if unrestricted else int(np.count_nonzero(mask[rows]))
+            hits.append(hit)
+        return hits
 
-    def _hit(self, row: int, score: float, sources: list[str]) -> Hit:
-        price = self.meta["price"][row]
-        return Hit(row=row, id=self.meta["id"][row], product_id=self.meta["product_id"][row],
-                   title=self.meta["title"][row], price=None if np.isnan(price) else float(price),
-                   score=float(score), retrievers=sorted(sources), image=self.meta["image"][row])
+    def _hit(self, row: int, score: float, sources) -> Hit:
+        meta = self.meta
+        price = meta["price"][row]
+        return Hit(row=row, id=meta["id"][row], product_id=meta["product_id"][row],
+                   title=meta["title"][row], price=None if price != price else float(price),
+                   score=float(score), retrievers=sorted(sources), image=meta["image"][row])
 
     def similar(self, item_id: str, k: int = 10, filters: SearchFilters | None = None,
                 collapse: bool = True) -> list[Hit]:
