@@ -224,7 +224,7 @@ def machine_info(cfg, args) -> list[str]:
             f"fastapi {fastapi.__version__}",
             f"config      {args.config} {' '.join(args.set)}: topology {s.topology}, ray num_cpus={args.cpus}; "
             f"ingress {s.ingress.num_cpus} CPU (split: embedder {s.embedder.num_cpus}, retriever "
-            f"{s.retriever.num_cpus}); max_inflight {s.max_inflight}; index.text_runtime {cfg.index.text_runtime}, "
+            f"{s.retriever.num_cpus}); max_inflight {s.max_inflight}; index.query_runtime {cfg.index.query_runtime}, "
             f"index.search_threads {cfg.index.search_threads}; serve.tuned_replicas {s.tuned_replicas}",
             f"in-process  torch/FAISS threads {args.torch_threads}"]
 

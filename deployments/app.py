@@ -136,7 +136,7 @@ class Ingress:
                                 on_error=record_index_load_error)
             indexes.refresh()
             self._poller = asyncio.get_event_loop().create_task(poll_forever(indexes, cfg.reload_poll_s))
-            models = ModelPool(store, index_cfg.embed_batch_size, index_cfg.text_runtime)
+            models = ModelPool(store, index_cfg.embed_batch_size, index_cfg.query_runtime)
             backend = LocalBackend(indexes, models, index_cfg.search_threads)
         else:
             backend = HandleBackend(embedder, retriever)

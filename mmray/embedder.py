@@ -24,27 +24,45 @@ class Embedder:
     """Batch text/image embedding with one model in eval mode, no gradients."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int = _BATCH, text_max_tokens: int | None = None,
-                 text_runtime: str = "torch"):
-        """`text_runtime="onnx"`: the text tower runs in ONNX Runtime where it can be exported and
-        agrees with torch (`mmray.model.onnx_text`); otherwise, and by default, in torch."""
+                 runtime: str = "torch", store=None, model_ref: str | None = None,
+                 calibration: np.ndarray | None = None):
+        """`runtime`: `torch`, or `onnx` / `onnx-int8` (both towers on ONNX Runtime where they export
+        and agree with torch, `mmray.model.onnx_runtime`; cached in `store` next to `model_ref`)."""
         self.model = unwrap_model(model).eval()  # callers that train restore their mode
         self.batch_size = batch_size
         self.text_max_tokens = text_max_tokens
         self.transform = self.model.image_transform(train=False)
-        self._text_features = self.model.text_features
-        self.text_runtime = "torch"
-        if text_runtime == "onnx":
-            from mmray.model.onnx_text import OnnxTextFeatures
+        self._text_features, self._image_features = self.model.text_features, self.model.image_features
+        self.text_runtime = self.image_runtime = "torch"
+        self.compiled_from = ""
+        if runtime != "torch":
+            from mmray.model.onnx_runtime import compile_towers
 
-            runner = OnnxTextFeatures.build(self.model)
-            if runner is not None:
-                self._text_features, self.text_runtime = runner, "onnx"
+            compiled = compile_towers(self.model, runtime, store, model_ref, calibration)
+            if compiled.text is not None:
+                self._text_features, self.text_runtime = compiled.text, compiled.runtimes["text"]
+            if compiled.image is not None:
+                self._image_features, self.image_runtime = compiled.image, compiled.runtimes["image"]
+            self.compiled_from = compiled.source
 
     @classmethod
-    def from_checkpoint(cls, folder: str, batch_size: int = _BATCH, text_runtime: str = "torch") -> "Embedder":
+    def from_checkpoint(cls, folder: str, batch_size: int = _BATCH, runtime: str = "torch") -> "Embedder":
         from mmray.model import load_checkpoint
 
-        return cls(load_checkpoint(folder)[0], batch_size, text_runtime=text_runtime)
+        return cls(load_checkpoint(folder)[0], batch_size, runtime=runtime)
+
+    @classmethod
+    def from_version(cls, version, batch_size: int = _BATCH, runtime: str = "torch",
+                     calibration: np.ndarray | None = None) -> "Embedder":
+        """The model of a published `models/...` version; its ONNX towers cached beside it in the same store."""
+        from mmray.model import load_checkpoint
+
+        return cls(load_checkpoint(version.local_dir())[0], batch_size, runtime=runtime, store=version.store,
+                   model_ref=version.ref, calibration=calibration)
+
+    def pixels(self, images: Sequence[Image.Image | bytes]) -> torch.Tensor:
+        """(N, 3, S, S) model inputs of `images` (the eval transform)."""
+        return torch.stack([self.transform(_as_image(im)) for im in images])
 
     # ---- tower features
     @torch.no_grad()
@@ -59,8 +77,7 @@ class Embedder:
     def image_features(self, images: Sequence[Image.Image | bytes]) -> torch.Tensor:
         out = []
         for i in range(0, len(images), self.batch_size):
-            pixels = torch.stack([self.transform(_as_image(im)) for im in images[i:i + self.batch_size]])
-            out.append(self.model.image_features(pixels).float())
+            out.append(self._image_features(self.pixels(images[i:i + self.batch_size])).float())
         return torch.cat(out) if out else torch.zeros(0, 1)
 
     # ---- embeddings (unit vectors, numpy float32)

@@ -80,7 +80,7 @@ class SearchService:
         indexes.refresh()
         if indexes.newest is None:
             raise NotReady(indexes.error)
-        return cls(LocalBackend(indexes, ModelPool(store, cfg.embed_batch_size, cfg.text_runtime), cfg.search_threads),
+        return cls(LocalBackend(indexes, ModelPool(store, cfg.embed_batch_size, cfg.query_runtime), cfg.search_threads),
                    cfg)
 
     async def info(self, fresh: bool = False) -> dict:

@@ -115,8 +115,8 @@ class ModelPool:
 
     KEEP = 2
 
-    def __init__(self, store: ArtifactStore, batch_size: int, text_runtime: str = "torch"):
-        self.store, self.batch_size, self.text_runtime = store, batch_size, text_runtime
+    def __init__(self, store: ArtifactStore, batch_size: int, runtime: str = "torch"):
+        self.store, self.batch_size, self.runtime = store, batch_size, runtime
         self.models: OrderedDict[str, Embedder] = OrderedDict()
         self._lock = threading.Lock()  # guards `models`
         self._loading = threading.Lock()  # one load at a time
@@ -132,8 +132,7 @@ class ModelPool:
             with self._lock:
                 if ref in self.models:  # another thread loaded it meanwhile
                     return self.models[ref]
-            embedder = Embedder.from_checkpoint(self.store.resolve_ref(ref).local_dir(), self.batch_size,
-                                                self.text_runtime)
+            embedder = Embedder.from_version(self.store.resolve_ref(ref), self.batch_size, self.runtime)
             with self._lock:
                 self.models[ref] = embedder
                 while len(self.models) > self.KEEP:

@@ -397,31 +397,110 @@ def test_multilingual_config_errors_name_the_field(fields, match):
         ModelConfig(text_tower="use-multilingual", **fields)
 
 
-# --------------------------------------------------------------------------- text tower on ONNX Runtime
+# --------------------------------------------------------------------------- towers on ONNX Runtime
 
 ONNX_TEXTS = ["red", "black hoodie for women", "a waterproof hiking jacket with two zip pockets and a hood",
               "防水登山背包", "", "x" * 300]
 
 
-def test_onnx_text_tower_matches_torch_on_padded_batches(lite_locked):
+def _photos(n: int = 6, size: int = 96) -> list[Image.Image]:
+    """Real photos (scikit-image's samples) cropped at different places, plus a flat-colour packshot."""
+    from skimage import data
+
+    out = []
+    for i, a in enumerate([data.chelsea(), data.coffee(), data.astronaut()] * 2):
+        im = Image.fromarray(a).convert("RGB")
+        out.append(im.crop((i * 10, i * 5, i * 10 + 200, i * 5 + 180)).resize((size, size)))
+    return out[:n - 1] + [Image.new("RGB", (size, size), (240, 240, 240))]
+
+
+def test_onnx_towers_match_torch_on_padded_batches_and_single_inputs(lite_locked):
     from mmray.embedder import Embedder
 
     reference = Embedder(lite_locked, batch_size=4)  # torch; batches of 4 and 2, padded to their longest text
-    onnx = Embedder(lite_locked, batch_size=4, text_runtime="onnx")
-    assert (reference.text_runtime, onnx.text_runtime) == ("torch", "onnx")
+    onnx = Embedder(lite_locked, batch_size=4, runtime="onnx")
+    assert (onnx.text_runtime, onnx.image_runtime, reference.text_runtime) == ("onnx", "onnx", "torch")
     np.testing.assert_allclose(onnx.embed_texts(ONNX_TEXTS), reference.embed_texts(ONNX_TEXTS), atol=1e-5)
     for text in ONNX_TEXTS:  # one at a time, as queries arrive
         np.testing.assert_allclose(onnx.embed_texts([text]), reference.embed_texts([text]), atol=1e-5)
-    torch.testing.assert_close(onnx.text_features(ONNX_TEXTS[:3]), reference.text_features(ONNX_TEXTS[:3]),
-                               atol=1e-4, rtol=0)
+    photos = _photos()
+    np.testing.assert_allclose(onnx.embed_images(photos), reference.embed_images(photos), atol=1e-5)
+    np.testing.assert_allclose(onnx.embed_images(photos[:1]), reference.embed_images(photos[:1]), atol=1e-5)
+    torch.testing.assert_close(onnx.image_features(photos), reference.image_features(photos), atol=1e-4, rtol=0)
 
 
-def test_onnx_text_tower_falls_back_to_torch(lite_locked, multilingual, monkeypatch, caplog):
+@pytest.fixture(scope="module")
+def lite_native():
+    return build_model(ModelConfig(kind="lite"))  # Lite0 at its own 224 px: what int8 calibration is for
+
+
+def test_onnx_int8_towers_stay_close_to_torch(lite_native):
+    """int8: the text tower quantised dynamically, the image tower statically (calibrated on the
+    photos given): embeddings stay near torch's, and a text query's ranking of the photos keeps
+    its top item."""
+    from mmray.embedder import Embedder
+    from mmray.model.onnx_runtime import INT8_MIN_COSINE
+
+    shipped = sorted((Path(__file__).resolve().parents[1] / "data" / "luma" / "images").glob("*.jpg"))
+    calibration_photos = [Image.open(p) for p in shipped[::16][:32]]  # catalog photos, as the index build uses
+    photos = [Image.open(p) for p in shipped[5::16][:8]] + _photos(4, 224)  # others, and non-catalog ones
+    reference = Embedder(lite_native)
+    int8 = Embedder(lite_native, runtime="onnx-int8", calibration=reference.pixels(calibration_photos).numpy())
+    assert (int8.text_runtime, int8.image_runtime) == ("onnx-int8", "onnx-int8")
+    text_cos = (int8.embed_texts(ONNX_TEXTS) * reference.embed_texts(ONNX_TEXTS)).sum(1)
+    image_cos = (int8.embed_images(photos) * reference.embed_images(photos)).sum(1)
+    assert text_cos.min() >= 0.95 and image_cos.min() >= INT8_MIN_COSINE - 0.05, (text_cos, image_cos)
+    q_ref, q_int8 = reference.embed_texts(["a cat"]), int8.embed_texts(["a cat"])
+    assert np.argmax(reference.embed_images(photos) @ q_ref.T) == np.argmax(int8.embed_images(photos) @ q_int8.T)
+
+
+def test_onnx_int8_tower_that_fails_its_check_runs_in_fp32(lite_locked, monkeypatch, caplog):
+    from mmray.embedder import Embedder
+    from mmray.model import onnx_runtime
+
+    monkeypatch.setattr(onnx_runtime, "INT8_MIN_COSINE", 1.01)  # nothing quantised can pass
+    emb = Embedder(lite_locked, runtime="onnx-int8")
+    assert (emb.text_runtime, emb.image_runtime) == ("onnx", "onnx")
+    np.testing.assert_allclose(emb.embed_texts(ONNX_TEXTS[:3]), Embedder(lite_locked).embed_texts(ONNX_TEXTS[:3]), atol=1e-5)
+
+
+def test_onnx_towers_are_cached_next_to_the_model(tmp_path, lite_locked, monkeypatch):
+    """The first Embedder exports and publishes `compiled/<model>/<version>/onnx`; the next loads it
+    (no export), with the same vectors."""
+    from mmray.embedder import Embedder
+    from mmray.model import onnx_runtime
+    from mmray.storage import ArtifactStore, model_kind
+
+    store = ArtifactStore(str(tmp_path))
+    with store.begin(model_kind()) as writer:
+        save_checkpoint(lite_locked, writer.path())
+        model = writer.commit()
+    first = Embedder.from_version(model, runtime="onnx")
+    kind = onnx_runtime.compiled_kind(model.ref, "onnx")
+    assert first.compiled_from.startswith(kind + "/") and store.current(kind)
+    published = store.resolve(kind)
+    assert set(published.files) >= {"image.onnx", "text.onnx"}
+    assert published.manifest["parents"] == {"model": model.ref}
+    assert published.manifest["towers"]["image"]["max_abs_diff"] <= onnx_runtime.FP32_TOLERANCE
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again instead of loading the published towers")
+
+    monkeypatch.setattr(onnx_runtime, "export", no_export)
+    second = Embedder.from_version(model, runtime="onnx")
+    assert second.compiled_from == published.ref and second.image_runtime == "onnx"
+    photos = _photos(3)
+    np.testing.assert_array_equal(second.embed_images(photos), first.embed_images(photos))
+    np.testing.assert_array_equal(second.embed_texts(ONNX_TEXTS), first.embed_texts(ONNX_TEXTS))
+
+
+def test_onnx_towers_fall_back_to_torch(lite_locked, multilingual, monkeypatch, caplog):
     import builtins
 
     from mmray.embedder import Embedder
 
-    assert Embedder(multilingual, text_runtime="onnx").text_runtime == "torch"  # numpy tower: nothing to export
+    use = Embedder(multilingual, runtime="onnx")
+    assert (use.text_runtime, use.image_runtime) == ("torch", "onnx")  # numpy text tower: nothing to export
     assert "not a torch graph" in caplog.text
     real_import = builtins.__import__
 
@@ -431,19 +510,20 @@ def test_onnx_text_tower_falls_back_to_torch(lite_locked, multilingual, monkeypa
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    fallback = Embedder(lite_locked, text_runtime="onnx")
-    assert fallback.text_runtime == "torch" and "onnxruntime" in caplog.text
+    fallback = Embedder(lite_locked, runtime="onnx")
+    assert (fallback.text_runtime, fallback.image_runtime) == ("torch", "torch") and "onnxruntime" in caplog.text
     np.testing.assert_allclose(fallback.embed_texts(["red jacket"]), Embedder(lite_locked).embed_texts(["red jacket"]))
 
 
-def test_onnx_text_tower_that_disagrees_is_refused(lite_locked, monkeypatch, caplog):
+def test_onnx_tower_that_disagrees_is_refused(lite_locked, monkeypatch, caplog):
     from mmray.embedder import Embedder
-    from mmray.model import onnx_text
+    from mmray.model import onnx_runtime
 
-    real_call = onnx_text.OnnxTextFeatures.__call__
-    monkeypatch.setattr(onnx_text.OnnxTextFeatures, "__call__", lambda self, **tok: real_call(self, **tok) + 0.01)
-    assert Embedder(lite_locked, text_runtime="onnx").text_runtime == "torch"
-    assert "disagrees" in caplog.text
+    real_call = onnx_runtime.OrtTower.__call__
+    monkeypatch.setattr(onnx_runtime.OrtTower, "__call__", lambda self, *a, **kw: real_call(self, *a, **kw) + 0.01)
+    off = Embedder(lite_locked, runtime="onnx")
+    assert (off.text_runtime, off.image_runtime) == ("torch", "torch")
+    assert "max |diff| vs torch" in caplog.text
 
 
 # --------------------------------------------------------------------------- scene augmentation

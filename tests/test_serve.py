@@ -792,17 +792,17 @@ def test_model_pool_answers_for_a_held_model_while_another_loads(monkeypatch):
 
     class Store:
         def resolve_ref(self, ref):
-            return type("V", (), {"local_dir": lambda self: ref})()
+            return ref
 
     release, started = threading.Event(), threading.Event()
 
-    def from_checkpoint(folder, batch_size, text_runtime):
+    def from_version(folder, batch_size, runtime):
         if folder == "models/dual_encoder/slow":
             started.set()
             assert release.wait(10)
         return f"embedder of {folder}"
 
-    monkeypatch.setattr(serving.Embedder, "from_checkpoint", staticmethod(from_checkpoint))
+    monkeypatch.setattr(serving.Embedder, "from_version", staticmethod(from_version))
     pool = serving.ModelPool(Store(), 8)
     assert pool.get("models/dual_encoder/held") == "embedder of models/dual_encoder/held"
     loader = threading.Thread(target=pool.get, args=("models/dual_encoder/slow",))

@@ -27,11 +27,16 @@ class IndexConfig(StrictConfig):
     """HNSW search beam width (recall vs speed)."""
     embed_batch_size: int = Field(64, ge=1)
     """Rows per embedding batch."""
-    text_runtime: Literal["onnx", "torch"] = "onnx"
-    """Where a serving process on CPU (the co-located Ingress, an in-process SearchService) runs the
-    text tower for queries: `onnx` exports it to ONNX Runtime when the model loads (checked against
-    torch; falls back to torch with a warning), about 3x less CPU per query and no GIL held, so
-    the HTTP event loop keeps a core. The split graph's Embedder deployment (GPU) always uses torch."""
+    embed_runtime: Literal["torch", "onnx", "onnx-int8"] = "onnx"
+    """Where the Ray Data index build runs both towers: `onnx` exports them to ONNX Runtime (fp32,
+    checked against torch, cached next to the model as `compiled/...`; a tower that fails the
+    check stays on torch with a warning), `onnx-int8` quantises them (calibrated on catalog
+    photos), `torch` (GPU actors: `embed_num_gpus`). BENCHMARKS.md, "Embedding", has the speed and
+    quality of each."""
+    query_runtime: Literal["torch", "onnx", "onnx-int8"] = "onnx"
+    """The same choice for a serving process on CPU (the co-located Ingress, an in-process
+    SearchService): query text and uploaded photos. ONNX Runtime holds no GIL while it runs, so the
+    HTTP event loop keeps a core. The split graph's Embedder deployment (GPU) always uses torch."""
     search_threads: int = Field(2, ge=1)
     """Worker threads a process searching through `LocalBackend` (the co-located Ingress, an
     in-process SearchService) runs embedding and search in. More threads than cores only add GIL contention

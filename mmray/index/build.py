@@ -42,8 +42,9 @@ class ItemEmbedder:
 
     A text-only item (no images) gets its text vector, renormalised, and an empty `first_image`."""
 
-    def __init__(self, model: Version, batch_size: int, image_weight: float, text_tokens: int = 128):
-        self.embedder = Embedder.from_checkpoint(model.local_dir(), batch_size)
+    def __init__(self, model: Version, batch_size: int, image_weight: float, text_tokens: int = 128,
+                 runtime: str = "torch"):
+        self.embedder = Embedder.from_version(model, batch_size, runtime)  # ONNX towers: compiled by the driver
         self.image_weight, self.text_tokens = image_weight, text_tokens
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -59,6 +60,29 @@ class ItemEmbedder:
         return {"id": batch["id"], "vector": fuse(image_vecs, text_vecs, self.image_weight),
                 "first_image": np.array([bytes(imgs[0]) if len(imgs) else b"" for imgs in batch["images"]],
                                         dtype=object)}
+
+
+CALIBRATION_IMAGES = 64
+
+
+def compile_once(model: Version, runtime: str, ds) -> str:
+    """Export the model's ONNX towers here, once, before the actor pool starts (each actor then
+    loads the published `compiled/...` artifact instead of exporting it again); an int8 image
+    tower is calibrated on up to CALIBRATION_IMAGES catalog photos. Returns the runtime to use:
+    `torch` when nothing could be compiled."""
+    calibration = None
+    if runtime == "onnx-int8":
+        photos = []
+        for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
+            photos += [bytes(imgs[0]) for imgs in batch["images"] if len(imgs)]
+            if len(photos) >= CALIBRATION_IMAGES:
+                break
+        probe = Embedder.from_version(model, runtime="torch")
+        calibration = probe.pixels(photos[:CALIBRATION_IMAGES]).numpy() if photos else None
+    embedder = Embedder.from_version(model, runtime=runtime, calibration=calibration)
+    log.info("embedding on %s: image tower %s, text tower %s (%s)", runtime, embedder.image_runtime,
+             embedder.text_runtime, embedder.compiled_from or "not compiled")
+    return runtime if "onnx" in (embedder.image_runtime + embedder.text_runtime) else "torch"
 
 
 def current_model(cfg: MmrayConfig, version: str | None = None) -> Version:
@@ -86,9 +110,12 @@ def build_index(cfg: MmrayConfig, model_version: str | None = None) -> dict:
     # Materialised before the actor stage: actors holding every CPU would starve the read tasks.
     ds = (ray.data.read_parquet(paths, filesystem=store.fs, columns=["id", "images", "text"])
           .repartition(target_num_rows_per_block=cfg.index.embed_batch_size)).materialize()
+    runtime = cfg.index.embed_runtime
+    if runtime != "torch":
+        runtime = compile_once(model, runtime, ds)
     embedded = ds.map_batches(
         ItemEmbedder, batch_size=cfg.index.embed_batch_size, batch_format="numpy",
-        fn_constructor_args=(model, cfg.index.embed_batch_size, cfg.index.image_weight),
+        fn_constructor_args=(model, cfg.index.embed_batch_size, cfg.index.image_weight, 128, runtime),
         compute=ray.data.ActorPoolStrategy(size=cfg.index.embed_concurrency), num_gpus=cfg.index.embed_num_gpus)
     by_id = {}
     for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
