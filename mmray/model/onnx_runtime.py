@@ -137,6 +137,12 @@ def export(model, runtime: str, calibration: np.ndarray | None = None) -> tuple[
 
     files, report = {}, {}
     size = getattr(model, "image_size", None) or getattr(model, "input_size", None) or 224
+    if calibration is None:
+        calibration, held_out = synthetic_images(size), synthetic_images(size, 4, seed=1)
+    elif len(calibration) >= 16:  # check on photos the calibration did not see
+        calibration, held_out = calibration[:-8], calibration[-8:]
+    else:
+        held_out = calibration[:8]
     for name in ("image", "text"):
         tower = getattr(model, f"{name}_tower", model)  # open_clip keeps both in one module
         if not _has_torch_graph(tower):
@@ -144,7 +150,7 @@ def export(model, runtime: str, calibration: np.ndarray | None = None) -> tuple[
             continue
         if name == "image":
             module, inputs = _ImageFeatures(model), ("pixels",)
-            pixels = torch.from_numpy(synthetic_images(size, 4, seed=1) if calibration is None else calibration[:8])
+            pixels = torch.from_numpy(np.ascontiguousarray(held_out, dtype=np.float32))
             probes = [(pixels,), (pixels[:1],)]  # a batch, and one photo alone
         else:
             module, inputs = _TextFeatures(model), ("input_ids", "attention_mask")
@@ -154,7 +160,7 @@ def export(model, runtime: str, calibration: np.ndarray | None = None) -> tuple[
             figures = _check(fp32, module, inputs, probes, "onnx")
             data, used = fp32, "onnx"
             if runtime == "onnx-int8" and "why" not in figures:
-                int8 = _quantize(fp32, name, inputs, calibration if calibration is not None else synthetic_images(size))
+                int8 = _quantize(fp32, name, inputs, calibration)
                 int8_figures = _check(int8, module, inputs, probes, runtime)
                 if "why" in int8_figures:  # keep the checked fp32 export rather than torch
                     figures |= {"int8_refused": int8_figures["why"]}
@@ -241,6 +247,9 @@ def session(data: bytes, threads: int | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: on a few cores a spinning pool takes CPU from
+    # the HTTP event loop and Ray's own processes (measured: BENCHMARKS.md, "Embedding").
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
