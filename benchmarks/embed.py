@@ -144,6 +144,7 @@ def ray_sections(model_version, photos, cfg, args) -> dict:
             def embed(self, images: list[bytes]) -> np.ndarray:
                 return self.embedder.embed_images(images)
 
+        serve.start(proxy_location="Disabled")  # handle calls only: no HTTP proxy actor taking CPU
         handle = serve.run(EmbedReplica.bind(model_version, args.batch, runtime, args.threads),
                            name="embed-bench", route_prefix=None).options(method_name="embed")
         handle.remote(photos[:args.batch]).result()

@@ -298,8 +298,13 @@ def _load_published(store, kind: str) -> tuple[dict[str, bytes] | None, dict, st
     try:
         if store.current(kind) is None:
             return None, {}, ""
-        version = store.resolve(kind)
-        files = {f: version.read_bytes(f) for f in FILES.values() if f in version.files}
+        version = store.resolve(kind, verify=store.local)  # a remote copy is verified by local_dir as it streams
+        folder = version.local_dir()  # a remote store: downloaded once into the local cache
+        files = {}
+        for f in FILES.values():
+            if f in version.files:
+                with open(os.path.join(folder, f), "rb") as fh:
+                    files[f] = fh.read()
         return files, version.manifest.get("towers") or {}, version.ref
     except ArtifactError as e:
         log.warning("compiled towers %s unreadable (%s); exporting again", kind, e)
