@@ -7,9 +7,10 @@ STAMP   := $(VENV)/.installed
 CONFIG  ?= configs/local.yaml
 RAY_CPUS ?= 2
 METRICS_PORT ?= 8080
+DASHBOARD ?= false
 export RAY_AUTH_MODE ?= token
 
-.PHONY: quickstart test install serve stop benchmarks lint clean
+.PHONY: quickstart test install serve stop benchmarks lint clean manifests image
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (set PY=python3.x)"; exit 1; }
@@ -30,11 +31,13 @@ quickstart: $(STAMP)
 
 # Serve on 127.0.0.1:8000 in a local Ray cluster that outlives this command (`make stop` ends it);
 # Prometheus metrics (ours and Ray Serve's) at http://127.0.0.1:$(METRICS_PORT)/metrics.
+# DASHBOARD=true adds Ray's dashboard and job server on 127.0.0.1:8265 (`ray job submit` beside the app).
 serve: $(STAMP)
 	-$(BIN)/ray stop >/dev/null 2>&1
 	env $$($(BIN)/python -m deployments.launch --config $(CONFIG) --print-ray-env) \
 		$(BIN)/ray start --head --node-ip-address=127.0.0.1 --port=6380 --num-cpus=$(RAY_CPUS) \
-		--metrics-export-port=$(METRICS_PORT) --include-dashboard=false --disable-usage-stats >/dev/null
+		--metrics-export-port=$(METRICS_PORT) --include-dashboard=$(DASHBOARD) --dashboard-host=127.0.0.1 \
+		--disable-usage-stats >/dev/null
 	$(BIN)/python -m deployments.launch --config $(CONFIG)
 
 stop:
@@ -52,6 +55,17 @@ benchmarks: $(STAMP)
 	$(BIN)/python -m benchmarks.train
 	$(BIN)/python -m benchmarks.index
 	$(BIN)/python -m benchmarks.serve
+
+# Kubernetes manifests (deployments/kubernetes/) from the configs; tests/test_kube.py fails when stale.
+manifests: $(STAMP)
+	$(BIN)/python -m deployments.kube
+
+# The mmray image on the official Ray image: VARIANT=cpu (default) or gpu; IMAGE_REPO=where you push.
+VARIANT ?= cpu
+IMAGE_REPO ?= registry.example.com/mmray
+image: $(STAMP)
+	docker build --build-arg BASE=$$($(BIN)/python -m deployments.kube --print-base $(VARIANT)) \
+		-t $$($(BIN)/python -m deployments.kube --print-image $(VARIANT) --image-repo $(IMAGE_REPO)) .
 
 clean:
 	rm -rf artifacts .pytest_cache

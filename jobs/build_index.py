@@ -9,7 +9,7 @@ import argparse
 import json
 
 from mmray.config import ConfigError, load_config
-from mmray.runtime import init_ray, run_job, setup_logging
+from mmray.runtime import run_job, setup_logging, start_job
 from mmray.storage import ArtifactError
 
 
@@ -25,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from mmray.index.build import build_index
 
-        cfg = load_config(args.config, args.set)
-        init_ray()
+        cfg = start_job(load_config(args.config, args.set))
         manifest = build_index(cfg, args.model)
         manifest.pop("files", None)
         manifest.pop("config", None)

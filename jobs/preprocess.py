@@ -10,7 +10,7 @@ import json
 
 from mmray.catalog import CatalogError
 from mmray.config import ConfigError, load_config
-from mmray.runtime import init_ray, run_job, setup_logging
+from mmray.runtime import run_job, setup_logging, start_job
 from mmray.storage import ArtifactError
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.config, args.set)
         list_catalog_files(cfg.data.catalog)  # a missing catalog fails here, before Ray starts
-        init_ray()
+        cfg = start_job(cfg)
         report = run_preprocess(cfg)
         print(json.dumps(report, indent=2))
         return 0

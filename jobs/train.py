@@ -11,7 +11,7 @@ import argparse
 import json
 
 from mmray.config import ConfigError, load_config
-from mmray.runtime import init_ray, run_job, setup_logging
+from mmray.runtime import run_job, setup_logging, start_job
 from mmray.storage import ArtifactError
 
 
@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from mmray.training.trainer import run_training
 
-        cfg = load_config(args.config, args.set)
-        init_ray()
+        cfg = start_job(load_config(args.config, args.set))
         summary = run_training(cfg, args.run_name)
         print(format_summary(summary))
         return 0

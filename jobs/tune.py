@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from mmray.config import ConfigError, load_config
-from mmray.runtime import init_ray, run_job, setup_logging
+from mmray.runtime import run_job, setup_logging, start_job
 
 
 def _floats(text: str) -> list[float]:
@@ -33,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from mmray.training.tune import METRIC, run_sweep
 
-        cfg = load_config(args.config, args.set)
-        init_ray()
+        cfg = start_job(load_config(args.config, args.set))
         results = run_sweep(cfg, args.lr, args.temperature, args.unlocked_blocks, args.max_concurrent)
         print(f"{'lr':>8} {'temp':>6} {'unlocked':>8} {'epochs':>6} {METRIC:>14}")
         for r in results:

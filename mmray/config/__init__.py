@@ -20,6 +20,7 @@ from mmray.config.base import StrictConfig
 from mmray.config.data import CaptionConfig, DataConfig
 from mmray.config.extras import CopyConfig, RecommendConfig, RerankConfig
 from mmray.config.index import IndexConfig
+from mmray.config.jobs import JobsConfig
 from mmray.config.model import ModelConfig
 from mmray.config.serve import DeploymentConfig, ServeConfig
 from mmray.config.storage import StorageConfig
@@ -27,7 +28,7 @@ from mmray.config.train import TrainConfig
 
 __all__ = [
     "CaptionConfig", "ConfigError", "CopyConfig", "DataConfig", "DeploymentConfig", "IndexConfig",
-    "MmrayConfig", "ModelConfig", "RecommendConfig", "RerankConfig", "ServeConfig", "StorageConfig",
+    "JobsConfig", "MmrayConfig", "ModelConfig", "RecommendConfig", "RerankConfig", "ServeConfig", "StorageConfig",
     "TrainConfig", "load_config",
 ]
 
@@ -57,6 +58,8 @@ with warnings.catch_warnings():
         """Ray Serve application."""
         storage: StorageConfig = StorageConfig()
         """Artifact locations."""
+        jobs: JobsConfig = JobsConfig()
+        """How jobs share the Ray cluster: the CPUs a job may use, how long it waits for them."""
 
 
 class ConfigError(ValueError):
