@@ -5,7 +5,8 @@
                                            the config, the parent versions it was built from
     <root>/<kind>/current.json             {"version": ...}, replaced in one write
 
-Kinds are `datasets/<name>`, `models/<name>`, `indexes`, `cache/features/<key>` (and later
+Kinds are `datasets/<name>`, `models/<name>`, `indexes`, `cache/features/<key>`,
+`compiled/<model name>/<model version>/<runtime>` (ONNX exports of a model; and later
 `rerankers/<name>`, `recommenders/<name>`, `events`). Publishing is: write the files into a new
 version folder, write its manifest, then replace `current.json` (write-then-rename on local
 disk, one PUT on an object store: both atomic). Nothing published is moved or deleted in
