@@ -70,6 +70,9 @@ def compile_once(model: Version, runtime: str, ds) -> str:
     loads the published `compiled/...` artifact instead of exporting it again); an int8 image
     tower is calibrated on up to CALIBRATION_IMAGES catalog photos. Returns the runtime to use:
     `torch` when nothing could be compiled."""
+    from mmray.model import load_checkpoint
+
+    net = load_checkpoint(model.local_dir())[0]  # one load serves the calibration and the export
     calibration = None
     if runtime == "onnx-int8":
         photos = []
@@ -77,9 +80,8 @@ def compile_once(model: Version, runtime: str, ds) -> str:
             photos += [bytes(imgs[0]) for imgs in batch["images"] if len(imgs)]
             if len(photos) >= CALIBRATION_IMAGES:
                 break
-        probe = Embedder.from_version(model, runtime="torch")
-        calibration = probe.pixels(photos[:CALIBRATION_IMAGES]).numpy() if photos else None
-    embedder = Embedder.from_version(model, runtime=runtime, calibration=calibration)
+        calibration = Embedder(net).pixels(photos[:CALIBRATION_IMAGES]).numpy() if photos else None
+    embedder = Embedder(net, runtime=runtime, store=model.store, model_ref=model.ref, calibration=calibration)
     log.info("embedding on %s: image tower %s, text tower %s (%s)", runtime, embedder.image_runtime,
              embedder.text_runtime, embedder.compiled_from or "not compiled")
     return runtime if "onnx" in (embedder.image_runtime + embedder.text_runtime) else "torch"
