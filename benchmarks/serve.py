@@ -110,7 +110,8 @@ async def closed_loop(send, concurrency: int, total: int, cap_s: float, warmup: 
     self_cores = round((sum(os.times()[:2]) - self0) / wall, 2) if wall else 0.0
     return {"concurrency": concurrency, "ok": len(lat), "errors": sum(n for c, n in codes.items() if c != "200"),
             "codes": codes, "wall_s": round(wall, 2), "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95),
-            "p99_ms": percentile(lat, 99), "qps": len(lat) / wall if wall else 0.0, "self_cores": self_cores} | meter.stop()
+            "p99_ms": percentile(lat, 99), "qps": len(lat) / wall if wall else 0.0, "self_cores": self_cores,
+            "latencies_ms": [round(x, 3) for x in lat]} | meter.stop()  # the report's latency histograms
 
 
 def inprocess(svc, queries: list[str], concurrency: int, requests: int, cap_s: float) -> dict:
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.set)
     queries = search_queries()
     results: dict = {"machine": machine_info(cfg, args), "queries": len(queries), "rounds": []}
-    t_start = time.perf_counter()
+    t_start, t_start_wall = time.perf_counter(), time.time()
 
     def say(what: str) -> None:
         print(f"[{time.perf_counter() - t_start:5.0f}s] {what}", file=sys.stderr, flush=True)
@@ -385,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_end"] = os.getloadavg()
     print(report(results))
     if args.json:
+        results["date"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t_start_wall))
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
 

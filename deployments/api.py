@@ -110,3 +110,12 @@ class EmbedResponse(BaseModel):
     vector: list[float]
     dim: int
     model_version: str
+
+
+# --------------------------------------------------------------------------- creatives (issue 18)
+class CreativeRequest(Strict):
+    product_id: str = Field(..., min_length=1, max_length=200, description="A product or item id")
+    formats: list[str] = Field(["1200x628"], min_length=1, max_length=32,
+                               description="Channel formats (creative.formats names, or WIDTHxHEIGHT)")
+    style: str | None = Field(None, description="gradient, pattern, palette or diffusion (default: creative.style)")
+    with_copy: bool = Field(True, description="Carry the headline copy (price and button are always shown)")

@@ -13,10 +13,11 @@ import json
 import logging
 import re
 import sys
+from typing import Literal
 
 from fastapi import FastAPI, File, Form, Query, Request, Response, UploadFile
-from fastapi.responses import HTMLResponse, ORJSONResponse
-from pydantic import BaseModel, ConfigDict
+from fastapi.responses import ORJSONResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve import Application
@@ -25,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.api import (
     ApiError,
+    CreativeRequest,
     EmbedRequest,
     EmbedResponse,
     SearchRequest,
@@ -33,12 +35,19 @@ from deployments.api import (
     install_error_handlers,
     parse_filters,
 )
-from deployments.demo import DEMO_HTML
 from deployments.metrics import HttpMetrics, record_index_load_error, record_index_loaded
+from deployments.pages import PAGE_CSP, REPORT_CSP, ReportPages, StaticPages
 from deployments.replicas import EmbedderDeployment, HandleBackend, RetrieverDeployment, poll_forever
 from deployments.security import install_security
-from mmray.config import DeploymentConfig, IndexConfig, MmrayConfig, ServeConfig, load_config
+from mmray.config import CopyConfig, CreativeConfig, DeploymentConfig, IndexConfig, MmrayConfig, RecommendConfig, ServeConfig, load_config
+from mmray.copy import CopyError, CopyRequest
+from mmray.copy.engines import EngineError
+from mmray.copy.service import CopyService
+from mmray.creative import CreativeRequestError
+from mmray.creative.service import CreativeService, ProductNotFound
 from mmray.images import ImageRejected, decode_image, encode_image
+from mmray.index.filters import SearchFilters
+from mmray.recommend.events import EventError
 from mmray.search import LocalBackend, NotReady, SearchResults, SearchService
 from mmray.serving import IndexPool, ModelPool, VersionNotLoaded
 from mmray.storage import ArtifactStore
@@ -119,6 +128,50 @@ def _unavailable(code: str, message: str, retry_after_s: int) -> ApiError:
     return ApiError(503, code, message, {"Retry-After": str(retry_after_s)})
 
 
+# Events and recommendations (issue 15): request bodies; the logic is mmray/recommend.
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(..., description="view, click, add_to_cart or purchase", max_length=32)
+    item_id: str = Field(..., max_length=200)
+    ts: float | None = Field(None, description="Seconds since the epoch; stored only from trusted clients")
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(..., min_length=1, max_length=200)
+    events: list[EventIn]
+
+
+class HistoryItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: str = Field(..., max_length=200)
+    type: Literal["view", "click", "add_to_cart", "purchase"] = "view"
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str | None = Field(None, min_length=1, max_length=200)
+    history: list[HistoryItem] | None = Field(None, max_length=1000, description="Oldest first")
+    k: int = Field(10, ge=1)
+    filters: SearchFilters | None = None
+    context_product_id: str | None = None
+
+
+def _recommend_service(cfg: RecommendConfig | None, colocated: bool):
+    """(service, None) or (None, why the recommendation routes answer 501)."""
+    if cfg is None:
+        return None, "recommendations are not configured on this app"
+    if not colocated:
+        return None, "recommendations need serve.topology: colocated (the split topology does not serve them yet)"
+    from mmray.recommend.service import RecommendService
+
+    try:
+        return RecommendService.from_config(cfg), None
+    except Exception as e:  # noqa: BLE001 - a bad store or key switches these routes off, not the whole app
+        logging.getLogger("mmray.recommend").error("event store unavailable: %s: %s", type(e).__name__, e)
+        return None, f"the event store is unavailable ({type(e).__name__}: {e})"[:300]
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
@@ -129,8 +182,12 @@ class Ingress:
     """
 
     def __init__(self, cfg: ServeConfig, index_cfg: IndexConfig, store: ArtifactStore,
-                 embedder: DeploymentHandle | None = None, retriever: DeploymentHandle | None = None):
+                 embedder: DeploymentHandle | None = None, retriever: DeploymentHandle | None = None,
+                 creative: CreativeConfig | None = None, copy_cfg: CopyConfig | None = None,
+                 recommend_cfg: RecommendConfig | None = None):
         self.cfg = cfg
+        self.copy = CopyService(store, copy_cfg or CopyConfig(), cfg.port)  # /v1/copy; engines load on first use
+        self.recommend, self.recommend_error = _recommend_service(recommend_cfg, colocated=embedder is None)
         if embedder is None or retriever is None:
             indexes = IndexPool(store, index_cfg, retry_base_s=cfg.reload_poll_s, on_loaded=record_index_loaded,
                                 on_error=record_index_load_error)
@@ -141,6 +198,8 @@ class Ingress:
         else:
             backend = HandleBackend(embedder, retriever)
         self.service = SearchService(backend, index_cfg)
+        self.creatives = CreativeService(creative or CreativeConfig(), store, self.service)
+        self.pages, self.report_pages = StaticPages(), ReportPages(store)  # the shop page and /report
         self.inflight = 0
         self.decodes = asyncio.Semaphore(cfg.max_concurrent_decodes)
         api.user_middleware.clear()
@@ -296,6 +355,18 @@ class Ingress:
         vector, model_version = await self.guarded(work)
         return {"vector": [float(x) for x in vector], "dim": len(vector), "model_version": model_version}
 
+    # ------------------------------------------------------------------ product copy (issue 16)
+    @api.post("/v1/copy", summary="Product copy from catalog facts, every claim checked against the catalog")
+    async def copy_text(self, body: CopyRequest):
+        async def work():
+            try:
+                return await self.copy.write(body, self.service)
+            except CopyError as e:
+                raise ApiError(404 if e.code == "not_found" else 422, e.code, str(e)) from None
+            except EngineError as e:
+                raise ApiError(503, "engine_unavailable", str(e)[:500], {"Retry-After": str(self.cfg.retry_after_s)}) from None
+        return await self.guarded(work)
+
     @api.get("/images/{version}/{name}", include_in_schema=False)
     async def image(self, version: str, name: str):
         match = IMAGE_NAME.fullmatch(name)
@@ -311,9 +382,103 @@ class Ingress:
             raise ApiError(404, "not_found", "no such image")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
 
-    @api.get("/", include_in_schema=False, response_class=HTMLResponse)
-    async def demo(self):
-        return DEMO_HTML
+    # ------------------------------------------------------------------ creatives (issue 18)
+    @api.post("/v1/creatives", summary="Banners and ad creatives of a product, with their checks")
+    async def creatives(self, body: CreativeRequest):
+        try:
+            return await self.guarded(self.creatives.create, product_id=body.product_id, formats=body.formats,
+                                      style=body.style, with_copy=body.with_copy)
+        except CreativeRequestError as e:
+            raise ApiError(422, e.code, e.message) from None
+        except ProductNotFound:
+            raise ApiError(404, "not_found", f"no product or item {body.product_id!r}") from None
+
+    @api.get("/v1/creatives/{key}/{version}/{name}", include_in_schema=False)
+    async def creative_image(self, key: str, version: str, name: str):
+        found = await self.creatives.read(key, version, name) if VERSION_RE.fullmatch(version) else None
+        if found is None:
+            raise ApiError(404, "not_found", "no such creative")
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "public, max-age=86400"})
+
+    # ------------------------------------------------------------------ shop page, facets, report
+    @api.get("/v1/facets", summary="Filterable values of the served index (categories, genders, colours, prices)")
+    async def facets(self):
+        return await self.guarded(self.service.facets)
+
+    @api.get("/", include_in_schema=False)
+    async def page(self):
+        return await self.static("index.html")
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str):
+        found = self.pages.get(name)
+        if found is None:
+            raise ApiError(404, "not_found", "no such file")
+        return Response(found[0], media_type=found[1], headers={"Content-Security-Policy": PAGE_CSP,
+                                                                "X-Content-Type-Options": "nosniff",
+                                                                "Cache-Control": "no-cache"})
+
+    @api.get("/report", include_in_schema=False)
+    async def report_root(self):
+        return RedirectResponse("report/", status_code=307)  # relative: the plots' relative links then resolve
+
+    @api.get("/report/{rel:path}", include_in_schema=False)
+    async def report(self, rel: str):
+        found = await asyncio.to_thread(self.report_pages.get, rel or "index.html")
+        if found is None:
+            raise ApiError(404, "not_found", "no evaluation report here yet: run `mmray evaluate` "
+                           "(python -m jobs.evaluate)" if not rel else "no such report file")
+        return Response(found[0], media_type=found[1], headers={"Content-Security-Policy": REPORT_CSP,
+                                                                "X-Content-Type-Options": "nosniff",
+                                                                "Cache-Control": "no-cache"})
+
+    # ------------------------------------------------------------------ events, recommendations (issue 15)
+    async def recommend_call(self, fn, /, *args, needs_index: bool = True, **kwargs):
+        """Run a blocking `RecommendService` method in a worker thread (with the served index's
+        retriever as its first argument when `needs_index`), under the usual admission control."""
+        if self.recommend is None:
+            raise ApiError(501 if self.recommend_error.startswith("recommendations need") else 503,
+                           "not_supported", self.recommend_error)
+
+        async def work():
+            if needs_index:
+                info = await self.service.info()
+                retriever = self.service.backend.indexes.get(info["version"])
+                return await asyncio.to_thread(fn, retriever, *args, **kwargs)
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        try:
+            return await self.guarded(work)
+        except EventError as e:
+            raise ApiError(413 if e.code == "batch_too_large" else 422, e.code, e.message) from None
+
+    @api.post("/v1/events", summary="Record a batch of behaviour events (atomic; acknowledged once durable)")
+    async def events(self, body: EventsRequest):
+        n = await self.recommend_call(self.recommend.record if self.recommend else None, body.user_id,
+                                      [e.model_dump() for e in body.events])
+        return {"accepted": n}
+
+    @api.delete("/v1/users/{user_id}", summary="Erase every event of a user")
+    async def delete_user(self, user_id: str):
+        n = await self.recommend_call(self.recommend.erase if self.recommend else None, user_id, needs_index=False)
+        return {"deleted": n}
+
+    @api.post("/v1/recommendations", summary="Personalised recommendations from a user's events or a given history")
+    async def recommendations(self, body: RecommendRequest):
+        self.check_k(body.k)
+        if body.context_product_id is not None and len(body.context_product_id) > 200:
+            raise ApiError(422, "invalid_request", "context_product_id: at most 200 characters")
+        return await self.recommend_call(
+            self.recommend.recommend if self.recommend else None, user_id=body.user_id,
+            history=[h.model_dump() for h in body.history or []], k=body.k, filters=body.filters,
+            context_product_id=body.context_product_id)
+
+    @api.get("/v1/products/{product_id}/complements", summary="Products that go with this one")
+    async def complements(self, product_id: str, k: int = Query(10, ge=1)):
+        self.check_k(k)
+        found = await self.recommend_call(self.recommend.complements if self.recommend else None, product_id, k)
+        if found is None:
+            raise ApiError(404, "not_found", f"no product or item {product_id!r}")
+        return found
 
 
 class AppArgs(BaseModel):
@@ -347,10 +512,11 @@ def build_app(args: AppArgs | dict | None = None) -> Application:
     store = ArtifactStore.from_config(cfg.storage)
     ingress = Ingress.options(**_options(s.ingress, s.retry_after_s))
     if s.topology == "colocated":
-        return ingress.bind(s, cfg.index, store)
+        return ingress.bind(s, cfg.index, store, creative=cfg.creative, copy_cfg=cfg.copy, recommend_cfg=cfg.recommend)
     embedder = EmbedderDeployment.options(**_options(s.embedder, s.retry_after_s)).bind(
         store, s.embed_max_batch, s.embed_batch_wait_s)
     retriever = RetrieverDeployment.options(**_options(s.retriever, s.retry_after_s)).bind(
         store, cfg.index, s.reload_poll_s)
-    return ingress.bind(s, cfg.index, store, embedder, retriever)
+    return ingress.bind(s, cfg.index, store, embedder, retriever, creative=cfg.creative, copy_cfg=cfg.copy,
+                        recommend_cfg=cfg.recommend)
 

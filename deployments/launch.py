@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                    f"with {env} (make serve does this), or set serve.direct_ingress=false") from None
             raise
         print(f"\nmmray is serving at {base}  (index {ready['index_version']}, model {ready['model_version']})")
-        print(f"demo page: {base}/   API docs: {base}/docs\n")
+        print(f"shop page: {base}/   evaluation report: {base}/report/   API docs: {base}/docs\n")
         for method, path, payload in EXAMPLES:
             curl = f"curl -s {'-X POST ' if method == 'POST' else ''}{base}{path}"
             if payload is not None:
@@ -121,6 +121,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_job(body, (ConfigError, FileNotFoundError, TimeoutError))
+
+
+def ray_binary() -> str:
+    """The `ray` command of this environment (next to its Python), else the one on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "ray")
+    return beside if os.access(beside, os.X_OK) else "ray"
+
+
+def start_local_ray(config: str, overrides: list[str], cpus: int = 2, metrics_port: int = 8080,
+                    dashboard: bool = False, port: int = 6380) -> None:
+    """What `make serve` does before deploying: stop any local Ray, start a loopback head that outlives
+    this process, with the environment this config's Serve settings need (`--print-ray-env`)."""
+    import subprocess
+
+    env = {**os.environ, **ray_start_env(load_config(config, overrides).serve)}
+    subprocess.run([ray_binary(), "stop"], capture_output=True, check=False)
+    subprocess.run([ray_binary(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={cpus}",
+                    f"--metrics-export-port={metrics_port}", f"--include-dashboard={str(dashboard).lower()}",
+                    "--dashboard-host=127.0.0.1", "--disable-usage-stats"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def stop_local_ray() -> int:
+    """`ray stop`: ends the local cluster and the app in it; its exit code."""
+    import subprocess
+
+    return subprocess.run([ray_binary(), "stop"], check=False).returncode
 
 
 def _shorten(answer: dict) -> dict:

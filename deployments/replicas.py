@@ -109,6 +109,9 @@ class RetrieverDeployment:
     async def image(self, version: str, row: int) -> bytes | None:
         return self.indexes.get(version).image_bytes(row)
 
+    async def facets(self, version: str) -> dict:
+        return self.indexes.get(version).facets()
+
 
 class HandleBackend:
     """`mmray.search.SearchBackend` over the split graph's handles."""
@@ -143,3 +146,6 @@ class HandleBackend:
 
     async def warm(self, model: str) -> None:
         await self.embedder.warm.remote(model)
+
+    async def facets(self, *, version: str) -> dict:
+        return await self.retriever.facets.remote(version)

@@ -1,6 +1,7 @@
-"""Search a published index with the held-out queries, as the app searches it, and print their metrics.
+"""Search a published index with the held-out queries, as the app searches it, print their metrics, and
+publish the evaluation report (served by the app at /report).
 
-    python -m jobs.evaluate --config configs/local.yaml [--index v20261202-053100-123-9f3a1c]
+    python -m jobs.evaluate --config configs/local.yaml [--index v20261202-053100-123-9f3a1c] [--no-report]
     ray job submit --working-dir . -- python -m jobs.evaluate --config configs/local.yaml
 
 The queries are those training reports (`mmray.evalset` over the test split of the dataset the index
@@ -8,7 +9,11 @@ was built from); the index's own model embeds them with `index.query_runtime`, a
 the held-out items of the index (every other row excluded, variants not collapsed), by vector alone
 and hybrid (vector + BM25). Vector search over a `Flat` index with the torch runtime reproduces the
 training job's held-out query metrics; the gap to them is what the index (ANN, fusion, runtime) adds
-or costs. Nothing is written: an index version, once published, is never changed.
+or costs. BM25 alone ranks the same held-out items by the index's lexical scores. Exposure: the app's
+own answers (top `report.exposure_k`, one per product) to the same queries, counted by category.
+
+The report (`mmray.report`): report.json, index.html and PNG plots as a new `reports/evaluation`
+version; the index itself is never changed.
 """
 from __future__ import annotations
 
@@ -50,6 +55,18 @@ def evaluate_index(cfg: MmrayConfig, version: str | None = None) -> dict:
     others = sorted(set(range(len(retriever))) - set(column))
     relevance = relevance_matrix(queries, ids)
     vectors = embedder.embed_texts([q.text for q in queries])
+    lexical_mask = np.zeros(len(retriever), dtype=bool)
+    lexical_mask[list(column)] = True
+    bm25 = np.full(relevance.shape, -np.inf)  # (Q, N held-out items): BM25 over the held-out rows only
+    for qi, query in enumerate(queries):
+        row_scores = retriever.lexical.scores(query.text, lexical_mask)
+        for row, j in column.items():
+            bm25[qi, j] = row_scores[row]
+    out["bm25"] = retrieval_report(bm25, relevance, "query_", ks=(10,))
+    from mmray.report.sections import exposure_by_category
+
+    out["exposure"] = exposure_by_category(retriever, [q.text for q in queries], vectors, cfg.report.exposure_k,
+                                           cfg.report.category_depth, cfg.index.hybrid)
     for mode, hybrid in (("vector", False), ("hybrid", True)):
         scores = np.full(relevance.shape, -np.inf)  # (Q, N held-out items): rank order as score
         for qi, (query, vector) in enumerate(zip(queries, vectors)):
@@ -68,11 +85,24 @@ def format_evaluation(e: dict, trained: dict | None = None) -> str:
         return f"{head}\n  skipped: {e['query_skipped']}"
     lines = [head, f"  {'':<24}{'Recall@10':>9}  {'nDCG@10':>8}"]
     rows = [(f"{mode} search ({e['query_runtime']})" if mode == "vector" else f"{mode} search", e[mode])
-            for mode in ("vector", "hybrid")]
+            for mode in ("bm25", "vector", "hybrid") if mode in e]
     if trained and "query_R@10" in trained:
         rows.append(("training's held-out", trained))
     lines += [f"  {name:<24}{m['query_R@10']:>9.3f}  {m['query_nDCG@10']:>8.3f}" for name, m in rows]
     return "\n".join(lines)
+
+
+def publish_evaluation_report(cfg: MmrayConfig, evaluation: dict) -> str:
+    """The report of `evaluation` (and of the artifacts and result files around it), published; its ref."""
+    from mmray.report import build_report, draw_plots, publish_report, render_html
+    from mmray.storage import ArtifactStore
+
+    store = ArtifactStore.from_config(cfg.storage)
+    report = build_report(cfg, evaluation, store)
+    plots = draw_plots(report, cfg.report)
+    page = render_html(report, sorted(plots), cfg.report.plot_width_px, cfg.report.plot_height_px)
+    parents = {"index": f"indexes/{evaluation['index']}", "dataset": evaluation["dataset"]}
+    return publish_report(store, report, plots, page, parents, config=cfg.report.model_dump(mode="json")).ref
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,13 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/local.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--index", help="index version to evaluate (default: the current one)")
+    parser.add_argument("--no-report", action="store_true", help="print the metrics only; publish no report")
     args = parser.parse_args(argv)
     setup_logging()
 
     def body() -> int:
-        evaluation = evaluate_index(load_config(args.config, args.set), args.index)
+        cfg = load_config(args.config, args.set)
+        evaluation = evaluate_index(cfg, args.index)
         print(format_evaluation(evaluation))
-        print(json.dumps(evaluation))
+        print(json.dumps({k: v for k, v in evaluation.items() if k != "exposure"}))
+        if not args.no_report:
+            ref = publish_evaluation_report(cfg, evaluation)
+            print(f"report {ref} published: {cfg.storage.root}/{ref}/index.html (served at /report/)")
         return 0
 
     return run_job(body, (ConfigError, ArtifactError, FileNotFoundError, ValueError))

@@ -5,8 +5,9 @@
 
 Each step is the job of the same name, run in this one process on one Ray connection: the index is
 built with the model this run trained, and the evaluation searches that index with the held-out
-queries (`jobs.evaluate`). A line per step says when it starts and how long it took; a failed step
-stops the run with one `error:` line, and what earlier steps published stays published.
+queries (`jobs.evaluate`) and publishes the evaluation report. A line per step says when it starts and
+how long it took; a failed step stops the run with one `error:` line, and what earlier steps published
+stays published.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import argparse
 import json
 import time
 
-from jobs.evaluate import evaluate_index, format_evaluation
+from jobs.evaluate import evaluate_index, format_evaluation, publish_evaluation_report
 from jobs.train import format_summary
 from mmray.catalog import CatalogError
 from mmray.config import ConfigError, load_config
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = step("evaluate", lambda: evaluate_index(cfg, manifest["version"]))
         print("  " + format_evaluation(evaluation, summary["held_out"]).replace("\n", "\n  ")
               + f"  ({timings['evaluate']} s)")
+        out["report"] = publish_evaluation_report(cfg, evaluation)  # served by the app at /report/
+        print(f"  report {out['report']}")
         timings["total"] = round(time.time() - start, 1)
         print(f"pipeline done in {timings['total']} s")
         print(json.dumps({**out, "timings_s": timings, "held_out": summary["held_out"], "evaluation": evaluation}))

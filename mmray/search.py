@@ -64,6 +64,8 @@ class SearchBackend(Protocol):
 
     async def warm(self, model: str) -> None: ...
 
+    async def facets(self, *, version: str) -> dict: ...
+
 
 class SearchService:
     """Text, image and similar-product search over one backend."""
@@ -137,6 +139,11 @@ class SearchService:
         info = await self.info()
         return await self.backend.embed_image(image=image, model=info["model"]), info["model_version"]
 
+    async def facets(self) -> dict:
+        """The filterable values of the served index (`mmray.index.facets.facet_values`) and its version."""
+        info = await self.info()
+        return {**await self.backend.facets(version=info["version"]), "index_version": info["version"]}
+
 
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 2)
@@ -191,6 +198,9 @@ class LocalBackend:
 
     async def warm(self, model: str) -> None:
         await self._run(self.models.get, model)
+
+    async def facets(self, *, version: str) -> dict:
+        return self.indexes.get(version).facets()
 
 
 def product_record(retriever, product_id: str) -> dict | None:

@@ -11,7 +11,7 @@ from conftest import LOCAL_CONFIG, ROOT
 
 from mmray.config import ConfigError, DataConfig, MmrayConfig, load_config
 
-TOP_LEVEL = "copy, data, index, jobs, model, recommend, rerank, serve, storage, train"
+TOP_LEVEL = "copy, creative, data, index, jobs, model, recommend, report, rerank, serve, storage, train"
 
 
 def test_defaults_load():

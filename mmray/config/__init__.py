@@ -17,20 +17,24 @@ import yaml
 from pydantic import ValidationError
 
 from mmray.config.base import StrictConfig
+from mmray.config.creative import CreativeConfig, DiffusionConfig, FormatConfig
 from mmray.config.data import CaptionConfig, DataConfig
 from mmray.config.extras import CopyConfig, RecommendConfig, RerankConfig
 from mmray.config.index import IndexConfig
 from mmray.config.jobs import JobsConfig
 from mmray.config.model import ModelConfig
+from mmray.config.report import ReportConfig
 from mmray.config.serve import DeploymentConfig, ServeConfig
 from mmray.config.storage import StorageConfig
 from mmray.config.train import TrainConfig
 
 __all__ = [
     "CaptionConfig", "ConfigError", "CopyConfig", "DataConfig", "DeploymentConfig", "IndexConfig",
-    "JobsConfig", "MmrayConfig", "ModelConfig", "RecommendConfig", "RerankConfig", "ServeConfig", "StorageConfig",
+    "JobsConfig", "MmrayConfig", "ModelConfig", "RecommendConfig", "ReportConfig", "RerankConfig", "ServeConfig",
+    "StorageConfig",
     "TrainConfig", "load_config",
 ]
+__all__ += ["CreativeConfig", "DiffusionConfig", "FormatConfig"]
 
 
 with warnings.catch_warnings():
@@ -60,6 +64,10 @@ with warnings.catch_warnings():
         """Artifact locations."""
         jobs: JobsConfig = JobsConfig()
         """How jobs share the Ray cluster: the CPUs a job may use, how long it waits for them."""
+        creative: CreativeConfig = CreativeConfig()
+        """Banners and ad creatives (CreativeStudio)."""
+        report: ReportConfig = ReportConfig()
+        """The evaluation report of jobs.evaluate (served at /report)."""
 
 
 class ConfigError(ValueError):

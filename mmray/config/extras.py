@@ -1,7 +1,7 @@
 """Settings of the reranker, recommender and copywriter stages."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal  # noqa: F401
 
 from pydantic import Field
 
@@ -24,14 +24,34 @@ class RecommendConfig(StrictConfig):
     """Event store URL (SQLite file by default)."""
     diversity: float = Field(0.3, ge=0.0, le=1.0)
     """MMR trade-off between relevance (0) and diversity (1)."""
+    events_key_file: str | None = None
+    """A mounted secret file holding the HMAC key that pseudonymises user ids. The key itself never goes in a
+    config file: `MMRAY_EVENTS_KEY` (environment) wins over this file; with neither, an SQLite store generates
+    a random key once into `<db file>.key` (mode 0600) and logs a warning; a PostgreSQL store refuses to start."""
+    max_batch: int = Field(100, ge=1)
+    """Events per `POST /v1/events` batch at most."""
+    trust_client_timestamps: bool = False
+    """Store the client's `ts` (else the server's clock). A future `ts` is rejected either way."""
+    max_clock_skew_s: float = Field(5.0, ge=0)
+    """How far in the future a client `ts` may be before it is rejected."""
+    retention_days: float = Field(365.0, gt=0)
+    """Events older than this are never read and are deleted by `jobs/prune_events.py`."""
+    event_weights: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
+    """Weight of each event type in the user vector and in popularity."""
+    recency_decay: float = Field(0.85, gt=0, le=1)
+    """User vector: weight factor per step back in the history (newest event: 1)."""
+    half_life_days: float = Field(30.0, gt=0)
+    """User vector: the weight of an event halves every this many days of age."""
+    history_limit: int = Field(200, ge=1)
+    """Newest events of a user read to build the user vector."""
+    exclude_seen: bool = True
+    """Leave products the user already interacted with out of recommendations (purchased ones always are)."""
+    explain_top: int = Field(3, ge=1)
+    """History items named in each result's explanation."""
+    links: str | None = "data/luma/links.jsonl"
+    """Merchant links (JSONL source/target/type) whose cross-sells teach the category rules of "goes with";
+    missing file: no rules (nearest items of another category)."""
 
 
-class CopyConfig(StrictConfig):
-    """Grounded product copy generation."""
-
-    engine: Literal["grounded", "vllm", "openai", "transformers"] = "grounded"
-    """grounded: weightless template generator; vllm: ray.serve.llm; openai: compatible endpoint; transformers: local model."""
-    model: str | None = None
-    """Model id or path for vllm / transformers / openai engines."""
-    max_tokens: int = Field(256, ge=1)
-    """Generation cap."""
+# The copy section has its own file (mmray/config/copy.py); re-exported here for mmray.config.
+from mmray.config.copy import CopyConfig  # noqa: E402,F401

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from mmray.config import IndexConfig
 from mmray.index.ann import exact_search, load_ann
+from mmray.index.facets import facet_values
 from mmray.index.filters import SearchFilters
 from mmray.index.lexical import LexicalIndex
 from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore, Version
@@ -51,6 +52,7 @@ class Retriever:
             self.rows_of_product.setdefault(pid, []).append(row)
         self._everything = np.ones(len(vectors), dtype=bool)
         self._everything.flags.writeable = False  # shared by every unfiltered search
+        self._facets: dict | None = None
 
     @classmethod
     def load(cls, version: Version, cfg: IndexConfig | None = None) -> Retriever:
@@ -213,3 +215,9 @@ class Retriever:
     def item(self, row: int) -> dict:
         return {k: (v[row].item() if hasattr(v[row], "item") else v[row])
                 for k, v in self.meta.items() if not k.endswith("_lc")}
+
+    def facets(self) -> dict:
+        """Filterable values and their product counts (computed once per loaded version)."""
+        if self._facets is None:
+            self._facets = facet_values(self.meta)
+        return self._facets

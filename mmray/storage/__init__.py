@@ -2,6 +2,7 @@
 owns every versioned dataset, model, index and cache (`artifacts`)."""
 from mmray.storage.artifacts import (
     INDEX_KIND,
+    REPORT_KIND,
     ArtifactError,
     ArtifactStore,
     Version,
@@ -14,6 +15,6 @@ from mmray.storage.artifacts import (
 from mmray.storage.fs import file_sha256, join, resolve_filesystem
 
 __all__ = [
-    "INDEX_KIND", "ArtifactError", "ArtifactStore", "Version", "VersionWriter", "dataset_kind",
+    "INDEX_KIND", "REPORT_KIND", "ArtifactError", "ArtifactStore", "Version", "VersionWriter", "dataset_kind",
     "feature_cache_kind", "file_sha256", "join", "model_kind", "new_version", "resolve_filesystem",
 ]

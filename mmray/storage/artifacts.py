@@ -71,6 +71,8 @@ def model_kind(name: str = "dual_encoder") -> str:
 
 
 INDEX_KIND = "indexes"
+REPORT_KIND = "reports/evaluation"
+"""The evaluation report of `jobs.evaluate` (report.json, index.html, plots/*.png), served at /report."""
 
 
 def feature_cache_kind(key: str) -> str:
