@@ -118,8 +118,11 @@ def test_status_and_api_errors(capsys, shop):
     assert code == 0 and f"ready  index {shop.version} ({len(shop.rows)} items" in out
     code, _, err = run(capsys, "search", "jacket", "--k", "100000", "--url", shop.base)
     assert code == cli.EXIT_API and "422 invalid_request: k: must be <=" in err
-    # This app has no copy route yet: a clear message, exit 4.
-    code, _, err = run(capsys, "copy", "MH01", "--url", shop.base)
+    # An unknown product: the app's own 404, exit 4.
+    code, _, err = run(capsys, "copy", "NO-SUCH-PRODUCT", "--url", shop.base)
+    assert code == cli.EXIT_API and err.startswith("error: 404 ") and "has no POST" not in err
+    # An app without the route (here: the app mounted under another prefix): the router's 404 and a hint.
+    code, _, err = run(capsys, "copy", "MH01", "--url", shop.base + "/elsewhere")
     assert code == cli.EXIT_API and "404 not_found: Not Found" in err and "has no POST /v1/copy route" in err
 
 
@@ -130,7 +133,16 @@ def test_the_cli_as_a_process(shop):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["results"]) == 2
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "copy", "MH01", "--url", shop.base],
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "copy", "MH01", "--kind", "title", "--url", shop.base],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    expected = httpx.post(shop.base + "/v1/copy", json={"product_id": "MH01", "kinds": ["title"]}, timeout=120).json()
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"copy for MH01 (engine {expected['engine']})" and "title:" in lines
+    for v in expected["outputs"][0]["variants"]:
+        assert f"1. {v['text']}" in done.stdout
+        assert ("[passed]" if v["passed"] else "[BLOCKED: ") in done.stdout
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "copy", "MH01", "--url", shop.base + "/elsewhere"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == cli.EXIT_API and "has no POST /v1/copy route" in done.stderr
 

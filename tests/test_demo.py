@@ -210,7 +210,20 @@ def test_image_upload_by_picker_drop_and_paste(page, shop, api):
         assert titles(page) == expected[event], event
 
 
+def without_routes(page, shop) -> None:
+    """Make the app look like a version without events, recommendations, complements and copy: those requests
+    are answered with what this app's router answers for a path it has no route for (a real 404)."""
+    missing = httpx.post(shop.base + "/v1/no-such-route", json={})
+    assert missing.status_code == 404
+
+    def absent(route):
+        route.fulfill(status=404, body=missing.content, headers=dict(missing.headers))
+    for pattern in ("**/v1/events", "**/v1/recommendations", "**/v1/copy", re.compile(r"/v1/products/[^/]+/complements\?")):
+        page.route(pattern, absent)
+
+
 def test_product_view_similar_and_missing_features_switch_off(page, shop, api):
+    without_routes(page, shop)
     open_page(page, shop)
     search(page, "hoodie")
     top = api.post("/v1/search", json={"query": "hoodie", "k": 24}).json()["results"][0]
@@ -226,7 +239,7 @@ def test_product_view_similar_and_missing_features_switch_off(page, shop, api):
     item = next(i for i in product["items"] if i["id"] == top["id"])
     facts = dict(zip(page.locator("#pv-facts dt").all_text_contents(), page.locator("#pv-facts dd").all_text_contents()))
     assert facts["Category"] == item["category"] and facts["Colour"] == item["color"] and facts["Item"] == item["id"]
-    # This app has no events, recommendations, complements or copy routes: their panels switch off.
+    # Without events, recommendations, complements or copy routes their panels switch off.
     page.wait_for_function("window.performance.getEntriesByType('resource').filter((e) => "
                            "/\\/v1\\/(events|recommendations)$|complements/.test(e.name)).length >= 3")
     assert page.locator("#complements-panel").is_hidden() and page.locator("#recs-panel").is_hidden()
