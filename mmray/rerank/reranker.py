@@ -1,0 +1,155 @@
+"""A published reranker, checked against the index it reranks, and the scoring of one query's candidates.
+
+    rerankers/<head>/<version>/
+      head.pt          the fusion head's weights
+      reranker.json    head, hidden, query_tokens, item_tokens, scalar features, the dual encoder
+                       version (and ref) it was trained against, the held-out metrics
+      manifest.json    (the artifact layer's) config, parents: model, index, dataset
+
+A reranker scores tower features of the dual encoder it was trained with; the index's stored item
+features come from the index's model. `Reranker.check` refuses an index built with another model
+version (`RerankerMismatch`, naming both), and an index built without item features.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmray.config import RerankConfig
+from mmray.rerank.explain import SCALAR_FEATURES, FactMatcher, attention_grid
+from mmray.rerank.features import ItemFeatures, query_tokens
+from mmray.rerank.heads import build_head
+from mmray.storage import ArtifactError, ArtifactStore
+
+log = logging.getLogger(__name__)
+
+HEAD_FILE, INFO_FILE = "head.pt", "reranker.json"
+
+
+def reranker_kind(head: str) -> str:
+    return f"rerankers/{head}"
+
+
+class RerankerMismatch(ArtifactError):
+    """A reranker that cannot rerank this index (another model version, or no item features)."""
+
+
+@dataclass
+class Reranked:
+    """One query's candidates in the reranker's order."""
+
+    order: list[int]            # positions into the candidate list, best first
+    scores: np.ndarray          # (K,) head scores, candidate order
+    explanations: list[dict]    # candidate order: {"matched": [...], "attention": [[...]], "grid": [h, w]}
+
+
+class Reranker:
+    """A fusion head and what it was trained against."""
+
+    def __init__(self, head: torch.nn.Module, info: dict, version: str = ""):
+        self.head, self.info, self.version = head.eval(), info, version
+        self.model_version = info["model_version"]
+
+    @classmethod
+    def from_folder(cls, folder: str, version: str = "") -> Reranker:
+        with open(os.path.join(folder, INFO_FILE)) as f:
+            info = json.load(f)
+        head = build_head(info["head"], info["embed_dim"], len(info["scalar_features"]), info["hidden"])
+        head.load_state_dict(torch.load(os.path.join(folder, HEAD_FILE), map_location="cpu", weights_only=True))
+        return cls(head, info, version)
+
+    @classmethod
+    def load_current(cls, store: ArtifactStore, head: str) -> Reranker:
+        version = store.resolve(reranker_kind(head), hint="run `python -m jobs.train_reranker` first")
+        return cls.from_folder(version.local_dir(), version.name)
+
+    def check(self, index_manifest: dict) -> None:
+        """Raise RerankerMismatch unless this reranker fits the index (same model version, features stored)."""
+        want, have = self.model_version, index_manifest.get("model_version")
+        if want != have:
+            raise RerankerMismatch(
+                f"reranker {self.info['head']}/{self.version or '?'} was trained against model {want}, but index "
+                f"{index_manifest.get('version')} was built with model {have}: retrain it with "
+                "`python -m jobs.train_reranker` (serving without reranking)")
+        if not index_manifest.get("rerank_features"):
+            raise RerankerMismatch(f"index {index_manifest.get('version')} has no reranker item features: rebuild "
+                                   "it with rerank.enabled (or rerank.index_features) true (serving without reranking)")
+
+    @torch.no_grad()
+    def rerank(self, model, query: str, rows: list[int], vectors: np.ndarray, features: ItemFeatures,
+               facts: FactMatcher) -> Reranked:
+        """Score the candidate `rows` of an index for `query` with the index's own `model` (torch)."""
+        inputs, matched = prepare(model, [query], [rows], vectors, features, facts, self.info["query_tokens"])
+        scores, grids = self.head(**inputs)
+        scores, grids = scores[0].numpy(), grids[0].numpy()
+        order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), j))  # ties: the retriever's order
+        explanations = [{"matched": matched[0][j], "attention": attention_grid(grids[j], features.grid),
+                         "grid": list(features.grid)} for j in range(len(rows))]
+        return Reranked(order, scores, explanations)
+
+
+def prepare(model, queries: list[str], rows: list[list[int]], vectors: np.ndarray, features: ItemFeatures,
+            facts: FactMatcher, max_query_tokens: int) -> tuple[dict[str, torch.Tensor], list[list[list[dict]]]]:
+    """The heads' inputs for B queries with K candidate rows each (equal K), and the matched facts."""
+    q_tokens, q_mask = query_tokens(model, queries, max_query_tokens)
+    q_vec = torch.nn.functional.normalize(
+        (q_tokens * q_mask.unsqueeze(-1)).sum(1) / q_mask.sum(1, keepdim=True).clamp(min=1), dim=-1)
+    flat = [r for rs in rows for r in rs]
+    b, k = len(queries), len(rows[0])
+    item = features.take(flat)
+    cos = (vectors[flat].reshape(b, k, -1) @ q_vec.numpy()[:, :, None])[..., 0]  # (B, K)
+    scalars, matched = [], []
+    for i, q in enumerate(queries):
+        s, m = facts.features(q, rows[i], cos[i])
+        scalars.append(s)
+        matched.append(m)
+    inputs = {"q_tokens": q_tokens, "q_mask": q_mask, "q_vec": q_vec,
+              "regions": item["regions"].view(b, k, *item["regions"].shape[1:]),
+              "has_image": item["has_image"].view(b, k),
+              "tokens": item["tokens"].view(b, k, *item["tokens"].shape[1:]),
+              "token_mask": item["token_mask"].view(b, k, -1),
+              "scalars": torch.from_numpy(np.stack(scalars)).float()}
+    return inputs, matched
+
+
+class RerankerPool:
+    """The served reranker (`rerank.head`'s current version) and, per index version, its item
+    features and facts, loaded on first use. A reranker that cannot serve an index is refused once
+    per index version (logged); `get` then raises RerankerMismatch with the same message."""
+
+    def __init__(self, store: ArtifactStore, cfg: RerankConfig):
+        self.store, self.cfg = store, cfg
+        self._lock = threading.Lock()
+        self._reranker: Reranker | None = None
+        self._by_index: dict[str, tuple[ItemFeatures, FactMatcher] | str] = {}
+
+    def get(self, retriever) -> tuple[Reranker, ItemFeatures, FactMatcher]:
+        with self._lock:
+            if self._reranker is None:
+                try:
+                    self._reranker = Reranker.load_current(self.store, self.cfg.head)
+                except ArtifactError as e:
+                    raise RerankerMismatch(f"no reranker to serve: {e}") from None
+            entry = self._by_index.get(retriever.version)
+            if entry is None:
+                try:
+                    self._reranker.check(retriever.manifest)
+                    entry = (ItemFeatures.load(retriever.folder), FactMatcher(retriever.meta))
+                except (RerankerMismatch, OSError, KeyError) as e:
+                    entry = str(e)
+                    log.error("reranker refused for index %s: %s", retriever.version, entry)
+                self._by_index[retriever.version] = entry
+                for old in list(self._by_index)[:-2]:
+                    del self._by_index[old]
+            if isinstance(entry, str):
+                raise RerankerMismatch(entry)
+            return self._reranker, entry[0], entry[1]
+
+
+__all__ = ["SCALAR_FEATURES", "Reranked", "Reranker", "RerankerMismatch", "RerankerPool", "prepare", "reranker_kind"]
