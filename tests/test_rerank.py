@@ -190,18 +190,24 @@ def test_a_reranker_of_another_model_version_is_refused():
 
 
 def test_shopper_queries_are_graded_by_rule():
-    from mmray.rerank.queries import shopper_queries, typo
+    from mmray.evalset import item_facets
+    from mmray.rerank.queries import INTENTS, ShopperQuery, grade, shopper_queries, typo
 
     assert typo("jacket", 0) != "jacket" and len(typo("jacket", 0)) in (5, 6)
     items = [{"id": "j1", "category": "Women/Tops/Jackets", "gender": "Women", "color": "Blue",
               "attributes_json": json.dumps({"activity": ["Hiking"]})},
              {"id": "j2", "category": "Women/Tops/Jackets", "gender": "Women", "color": "Red", "attributes_json": "{}"},
              {"id": "t1", "category": "Men/Tops/Tees", "gender": "Men", "color": "Blue", "attributes_json": "{}"}]
-    qs = {q.text: q for q in shopper_queries(items)}
-    hiking = qs["jacket for hiking"]
-    assert hiking.relevance == {"j1": 2, "j2": 1}
-    colour = next(q for t, q in qs.items() if "blue" in t and "women" in t.replace("ladies", "women"))
-    assert colour.relevance == {"j1": 2, "j2": 1}  # the men's blue tee is not relevant
+    facets = {it["id"]: item_facets(it) for it in items}
+    hiking = ShopperQuery("jacket for hiking", {"noun": frozenset({"jacket"})}, {"activity": INTENTS["for hiking"][1]})
+    assert [grade(hiking, facets[i]) for i in ("j1", "j2", "t1")] == [2, 1, 0]
+    warm = ShopperQuery("something warm ladies", {"climate": INTENTS["something warm"][1],
+                                                  "gender": frozenset({"women"})}, {})
+    assert [grade(warm, facets[i]) for i in ("j1", "j2", "t1")] == [0, 0, 0]
+    qs = shopper_queries(items)
+    assert qs and len({q.text for q in qs}) == len(qs)
+    (blue,) = [q for q in qs if "blue" in q.text and "jacket" not in q.text and q.facets.get("noun") == "jacket"]
+    assert blue.relevance == {"j1": 2, "j2": 1}  # a typo'd noun; the men's blue tee is not relevant
 
 
 # --------------------------------------------------------------------------- trained on an index, served
@@ -302,7 +308,7 @@ def test_reranker_for_another_model_is_refused_and_search_serves_unreranked(rank
     cfg, store, _, _ = ranked_index
     current = store.resolve(reranker_kind("cross_attention"))
     folder = tmp_path / "other"
-    shutil.copytree(current.local_dir(), folder, ignore=shutil.ignore_patterns(".mmray-verified"))
+    shutil.copytree(current.local_dir(), folder, ignore=shutil.ignore_patterns(".mmray-verified", "manifest.json"))
     info = json.loads((folder / INFO_FILE).read_text())
     info["model_version"] = "v20000101-000000-000-000000"
     (folder / INFO_FILE).write_text(json.dumps(info))

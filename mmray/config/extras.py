@@ -27,7 +27,7 @@ class RerankConfig(StrictConfig):
     """Query text tokens the reranker reads."""
     hidden: int = Field(64, ge=2)
     """Width of the fusion heads (attention, MLP)."""
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(12, ge=1)
     """Training epochs of `jobs.train_reranker`."""
     lr: float = Field(3e-3, gt=0)
     """AdamW learning rate of the head."""

@@ -73,8 +73,8 @@ class ItemFeatures:
     def take(self, rows) -> dict[str, torch.Tensor]:
         """Float32 tensors of `rows`, as the heads take them."""
         rows = np.asarray(rows, dtype=np.int64)
-        return {"regions": torch.from_numpy(self.regions[rows].astype(np.float32)),
-                "tokens": torch.from_numpy(self.tokens[rows].astype(np.float32)),
+        return {"regions": torch.from_numpy(self.regions[rows].astype(np.float32, copy=False)),
+                "tokens": torch.from_numpy(self.tokens[rows].astype(np.float32, copy=False)),
                 "token_mask": torch.from_numpy(self.token_mask[rows]),
                 "has_image": torch.from_numpy(self.has_image[rows])}
 
@@ -89,15 +89,10 @@ class ItemFeatures:
         with np.load(os.path.join(folder, FEATURES_FILE)) as z:
             return cls(z["regions"], z["tokens"], z["token_mask"], z["has_image"], tuple(int(v) for v in z["grid"]))
 
-    @classmethod
-    def concat(cls, parts: list[ItemFeatures]) -> ItemFeatures:
-        width = max(p.tokens.shape[1] for p in parts)
-
-        def pad(a, fill=0):
-            return np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
-        return cls(np.concatenate([p.regions for p in parts]), np.concatenate([pad(p.tokens) for p in parts]),
-                   np.concatenate([pad(p.token_mask, False) for p in parts]),
-                   np.concatenate([p.has_image for p in parts]), parts[0].grid)
+    def as_float32(self) -> ItemFeatures:
+        """A float32 copy (training gathers from it many times)."""
+        return ItemFeatures(self.regions.astype(np.float32), self.tokens.astype(np.float32), self.token_mask,
+                            self.has_image, self.grid)
 
 
 @torch.no_grad()

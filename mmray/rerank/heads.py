@@ -69,15 +69,21 @@ class CrossAttentionHead(FusionHead):
         self.query = nn.Linear(embed_dim, hidden)
         self.mlp = nn.Sequential(nn.Linear(3 * hidden + n_scalars, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, q_tokens, q_mask, q_vec, regions, has_image, tokens, token_mask, scalars):
+    def item_keys(self, regions, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., G + Ti, D) keys and values of items: they depend on the item alone, so a server
+        computes them once per (head, index) and passes them as `item_kv`."""
+        keys_in = torch.cat([regions, tokens], dim=-2)
+        kind = torch.cat([self.kind[0].expand(regions.shape[-2], -1), self.kind[1].expand(tokens.shape[-2], -1)])
+        return self.k(keys_in) + kind, self.v(keys_in) + kind
+
+    def forward(self, q_tokens, q_mask, q_vec, regions, has_image, tokens, token_mask, scalars, item_kv=None):
         b, k, g, _ = regions.shape
-        keys_in = torch.cat([regions, tokens], dim=2)  # (B, K, G + Ti, E)
-        kind = torch.cat([self.kind[0].expand(g, -1), self.kind[1].expand(tokens.shape[2], -1)])
         key_mask = torch.cat([has_image.unsqueeze(-1).expand(b, k, g), token_mask], dim=2)  # (B, K, G + Ti)
         h, dh = self.heads, self.hidden // self.heads
+        keys, values = self.item_keys(regions, tokens) if item_kv is None else item_kv
         qh = self.q(q_tokens).view(b, -1, h, dh)                      # (B, Tq, H, dh)
-        kh = (self.k(keys_in) + kind).view(b, k, -1, h, dh)          # (B, K, L, H, dh)
-        vh = (self.v(keys_in) + kind).view(b, k, -1, h, dh)
+        kh = keys.view(b, k, -1, h, dh)                               # (B, K, L, H, dh)
+        vh = values.view(b, k, -1, h, dh)
         logits = torch.einsum("bthd,bklhd->bkhtl", qh, kh) / math.sqrt(dh)
         logits = logits.masked_fill(~key_mask[:, :, None, None, :], float("-inf"))
         attn = torch.softmax(logits, dim=-1)                          # (B, K, H, Tq, L)
@@ -100,7 +106,7 @@ class ConcatMLPHead(FusionHead):
         self.proj = nn.Linear(embed_dim, hidden)
         self.mlp = nn.Sequential(nn.Linear(5 * hidden + n_scalars, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, q_tokens, q_mask, q_vec, regions, has_image, tokens, token_mask, scalars):
+    def forward(self, q_tokens, q_mask, q_vec, regions, has_image, tokens, token_mask, scalars, item_kv=None):
         b, k = regions.shape[:2]
         v_img, v_txt = _pooled(regions, has_image, tokens, token_mask)
         q = self.proj(q_vec).unsqueeze(1).expand(b, k, -1)
@@ -127,7 +133,7 @@ class WeightedAverageHead(FusionHead):
         s_tok = _masked_mean(sim.unsqueeze(-1), q_mask.unsqueeze(1).expand_as(sim), 2).squeeze(-1)
         return torch.cat([torch.stack([s_img, s_txt, s_tok], -1), scalars], dim=-1)  # (B, K, M)
 
-    def forward(self, q_tokens, q_mask, q_vec, regions, has_image, tokens, token_mask, scalars):
+    def forward(self, q_tokens, q_mask, q_vec, regions, has_image, tokens, token_mask, scalars, item_kv=None):
         s = self.modality_scores(q_tokens, q_mask, q_vec, regions, has_image, tokens, token_mask, scalars)
         score = self.log_scale.exp() * (s * torch.softmax(self.logits, 0)).sum(-1)
         return score, _region_softmax(q_vec, regions, has_image)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,19 @@ class Reranker:
     def __init__(self, head: torch.nn.Module, info: dict, version: str = ""):
         self.head, self.info, self.version = head.eval(), info, version
         self.model_version = info["model_version"]
+        self._item_kv: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (id(features), keys, values)
+
+    @torch.no_grad()
+    def item_kv(self, features: ItemFeatures, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cross-attention head's keys/values of `rows`, from a per-index cache built on first use."""
+        if not hasattr(self.head, "item_keys"):
+            return None
+        if self._item_kv is None or self._item_kv[0] != id(features):
+            every = features.take(np.arange(len(features)))
+            keys, values = self.head.item_keys(every["regions"], every["tokens"])
+            self._item_kv = (id(features), keys, values)
+        idx = torch.as_tensor(rows)
+        return self._item_kv[1][idx].unsqueeze(0), self._item_kv[2][idx].unsqueeze(0)
 
     @classmethod
     def from_folder(cls, folder: str, version: str = "") -> Reranker:
@@ -83,10 +97,12 @@ class Reranker:
 
     @torch.no_grad()
     def rerank(self, model, query: str, rows: list[int], vectors: np.ndarray, features: ItemFeatures,
-               facts: FactMatcher) -> Reranked:
-        """Score the candidate `rows` of an index for `query` with the index's own `model` (torch)."""
-        inputs, matched = prepare(model, [query], [rows], vectors, features, facts, self.info["query_tokens"])
-        scores, grids = self.head(**inputs)
+               facts: FactMatcher, q_tokens: tuple[torch.Tensor, torch.Tensor] | None = None) -> Reranked:
+        """Score the candidate `rows` of an index for `query` with the index's own `model` (torch);
+        `q_tokens`: the query's (tokens, mask) when the caller has them already (`query_tokens`)."""
+        inputs, matched = prepare(model, [query], [rows], vectors, features, facts, self.info["query_tokens"],
+                                  q_tokens)
+        scores, grids = self.head(**inputs, item_kv=self.item_kv(features, rows))
         scores, grids = scores[0].numpy(), grids[0].numpy()
         order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), j))  # ties: the retriever's order
         explanations = [{"matched": matched[0][j], "attention": attention_grid(grids[j], features.grid),
@@ -94,12 +110,18 @@ class Reranker:
         return Reranked(order, scores, explanations)
 
 
-def prepare(model, queries: list[str], rows: list[list[int]], vectors: np.ndarray, features: ItemFeatures,
-            facts: FactMatcher, max_query_tokens: int) -> tuple[dict[str, torch.Tensor], list[list[list[dict]]]]:
-    """The heads' inputs for B queries with K candidate rows each (equal K), and the matched facts."""
-    q_tokens, q_mask = query_tokens(model, queries, max_query_tokens)
-    q_vec = torch.nn.functional.normalize(
+def query_vector(q_tokens: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
+    """The bi-encoder's query embedding from its projected token states (their masked mean, normalised)."""
+    return torch.nn.functional.normalize(
         (q_tokens * q_mask.unsqueeze(-1)).sum(1) / q_mask.sum(1, keepdim=True).clamp(min=1), dim=-1)
+
+
+def prepare(model, queries: list[str], rows: list[list[int]], vectors: np.ndarray, features: ItemFeatures,
+            facts: FactMatcher, max_query_tokens: int, q_tokens=None
+            ) -> tuple[dict[str, torch.Tensor], list[list[list[dict]]]]:
+    """The heads' inputs for B queries with K candidate rows each (equal K), and the matched facts."""
+    q_tokens, q_mask = q_tokens if q_tokens is not None else query_tokens(model, queries, max_query_tokens)
+    q_vec = query_vector(q_tokens, q_mask)
     flat = [r for rs in rows for r in rs]
     b, k = len(queries), len(rows[0])
     item = features.take(flat)
@@ -119,23 +141,45 @@ def prepare(model, queries: list[str], rows: list[list[int]], vectors: np.ndarra
 
 
 class RerankerPool:
-    """The served reranker (`rerank.head`'s current version) and, per index version, its item
-    features and facts, loaded on first use. A reranker that cannot serve an index is refused once
-    per index version (logged); `get` then raises RerankerMismatch with the same message."""
+    """The served reranker (`rerank.head`'s current version, its pointer re-read every `poll_s`) and,
+    per index version, its item features and facts, loaded on first use. A reranker that cannot serve
+    an index is refused once per (reranker, index) pair (logged); `get` then raises RerankerMismatch
+    with the same message, and searches are served without reranking."""
 
-    def __init__(self, store: ArtifactStore, cfg: RerankConfig):
-        self.store, self.cfg = store, cfg
+    def __init__(self, store: ArtifactStore, cfg: RerankConfig, poll_s: float = 10.0):
+        self.store, self.cfg, self.poll_s = store, cfg, poll_s
         self._lock = threading.Lock()
         self._reranker: Reranker | None = None
+        self._error: str | None = None
+        self._checked_at = -float("inf")
         self._by_index: dict[str, tuple[ItemFeatures, FactMatcher] | str] = {}
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < self.poll_s:
+            return
+        self._checked_at = now
+        kind = reranker_kind(self.cfg.head)
+        try:
+            name = self.store.current(kind)
+            if name is None:
+                raise ArtifactError(f"no {kind} has been published: run `python -m jobs.train_reranker`")
+            if self._reranker is None or self._reranker.version != name:
+                version = self.store.resolve(kind, name)
+                self._reranker = Reranker.from_folder(version.local_dir(), version.name)
+                self._by_index.clear()
+                log.info("serving reranker %s/%s (model %s)", kind, name, self._reranker.model_version)
+            self._error = None
+        except (ArtifactError, OSError, KeyError, RuntimeError) as e:
+            if self._reranker is None:
+                self._error = f"no reranker to serve: {e}"
+                log.error("%s", self._error)
 
     def get(self, retriever) -> tuple[Reranker, ItemFeatures, FactMatcher]:
         with self._lock:
+            self._refresh()
             if self._reranker is None:
-                try:
-                    self._reranker = Reranker.load_current(self.store, self.cfg.head)
-                except ArtifactError as e:
-                    raise RerankerMismatch(f"no reranker to serve: {e}") from None
+                raise RerankerMismatch(self._error or "no reranker loaded")
             entry = self._by_index.get(retriever.version)
             if entry is None:
                 try:

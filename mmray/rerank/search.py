@@ -16,13 +16,21 @@ from mmray.index.filters import SearchFilters
 def rerank_search(retriever, embedder, pooled, query: str, k: int, filters: SearchFilters | None, hybrid: bool,
                   collapse: bool, top_k: int) -> tuple[list, list[dict | None]]:
     """(hits, explanations) for `query`; `pooled` = (Reranker, ItemFeatures, FactMatcher) of this index."""
+    from mmray.rerank.features import query_tokens
+    from mmray.rerank.reranker import query_vector
+
     reranker, features, facts = pooled
-    vector = embedder.embed_texts([query])[0]
+    # The text tower runs once: its token states feed the head, their pooled projection is the
+    # bi-encoder's query vector (the same as `embed_texts`, to float rounding).
+    full, mask = query_tokens(embedder.model, [query], embedder.text_max_tokens)
+    vector = query_vector(full, mask)[0].numpy()
+    n = reranker.info["query_tokens"]
+    tokens = (full[:, :n], mask[:, :n])  # the head reads the first rerank.query_tokens tokens
     candidates = retriever.search(vector, max(top_k, k), filters, query_text=query, hybrid=hybrid, collapse=False)
     head, rest = candidates[:top_k], candidates[top_k:]
     if not head:
         return [], []
-    ranked = reranker.rerank(embedder.model, query, [h.row for h in head], retriever.vectors, features, facts)
+    ranked = reranker.rerank(embedder.model, query, [h.row for h in head], retriever.vectors, features, facts, tokens)
     ordered = [(dataclasses.replace(head[j], score=float(ranked.scores[j])), ranked.explanations[j]) for j in ranked.order]
     if not collapse:
         out = ordered + [(h, None) for h in rest]

@@ -161,7 +161,7 @@ def train_loop_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, config.get("threads", 1)))
     data = {k: v[rank::world] for k, v in config["data"].items()}
-    features = config["features"]
+    features = config["features"].as_float32()  # gathered every step: convert from fp16 once
     head = build_head(config["head"], config["embed_dim"], len(SCALAR_FEATURES), config["hidden"], config["seed"])
     model = ray.train.torch.prepare_model(head) if world > 1 else head
     losses = []
