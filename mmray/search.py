@@ -240,6 +240,19 @@ class LocalBackend:
 
     async def warm(self, model: str) -> None:
         await self._run(self.models.get, model)
+        if self.rerankers is not None and self.indexes.newest is not None:
+            await self._run(self._warm_reranker, model)
+
+    def _warm_reranker(self, model: str) -> None:
+        """Load the reranker for the newest index and export its query side (ONNX, seconds) before traffic."""
+        from mmray.rerank.reranker import RerankerMismatch
+
+        try:
+            reranker = self.rerankers.get(self.indexes.newest)[0]
+        except RerankerMismatch:
+            return  # logged by the pool; searches are served without reranking
+        embedder = self.models.get(model)
+        reranker.query_encoder(embedder.model, "onnx" if "onnx" in embedder.text_runtime else "torch")
 
     async def facets(self, *, version: str) -> dict:
         return self.indexes.get(version).facets()

@@ -17,7 +17,7 @@ class RerankConfig(StrictConfig):
     one trained against another model version is refused (logged, searches served without reranking)."""
     top_k: int = Field(50, ge=1)
     """Candidates passed to the reranker."""
-    head: Literal["cross_attention", "concat_mlp", "weighted_average"] = "concat_mlp"
+    head: Literal["cross_attention", "concat_mlp", "weighted_average"] = "cross_attention"
     """The fusion head served (`rerankers/<head>`) and trained by default (BENCHMARKS.md, "Reranker", compares them)."""
     index_features: bool = False
     """Store the item-side features at index build even with `enabled` false (to train a reranker first)."""

@@ -53,10 +53,6 @@ def _near(a: str, b: str) -> bool:
     return a == b or (len(a) >= 4 and len(b) >= 4 and difflib.SequenceMatcher(None, a, b).ratio() >= FUZZY_RATIO)
 
 
-def _hits(word: str, vocab: set[str]) -> bool:
-    return word in vocab or (len(word) >= 4 and any(_near(word, v) for v in vocab))
-
-
 class FactMatcher:
     """The facts of every row of an index (its metadata columns), and the facet vocabularies."""
 
@@ -86,32 +82,44 @@ class FactMatcher:
         self.vocab = {"color": set().union(*self.color) if n else set(),
                       "gender": {"men", "women"},
                       "noun": set().union(*self.noun) if n else set()}
+        self.all_words = set().union(*self.title_words, *(v for facts in self.facts for _, _, v in facts)) if n else set()
+        self._near_words: dict[str, frozenset[str]] = {}
+
+    def near_words(self, word: str) -> frozenset[str]:
+        """Every word of this index's facts and titles that `word` matches (itself, or nearly equal)."""
+        found = self._near_words.get(word)
+        if found is None:
+            found = frozenset(v for v in self.all_words if _near(word, v)) | {word}
+            if len(self._near_words) < 100_000:
+                self._near_words[word] = found
+        return found
 
     def features(self, query: str, rows: list[int], cosines: np.ndarray) -> tuple[np.ndarray, list[list[dict]]]:
         """(len(rows), len(SCALAR_FEATURES)) float32 features and each row's matched facts."""
         words = query_words(query)
-        named = {facet: [w for w in words if _hits(w, vocab)] for facet, vocab in self.vocab.items()}
+        near = [self.near_words(w) for w in words]  # each query word -> the index words it matches
+        named = {facet: [m for m in near if m & vocab] for facet, vocab in self.vocab.items()}
         out = np.zeros((len(rows), len(SCALAR_FEATURES)), dtype=np.float32)
         matched_all = []
         for j, row in enumerate(rows):
             matched, seen, fact_hit = [], set(), 0
-            for w in words:
+            for m in near:
                 hit = False
                 for name, value, vocab in self.facts[row]:
-                    if _hits(w, vocab):
+                    if not m.isdisjoint(vocab):
                         hit = True
                         if (name, value) not in seen:
                             seen.add((name, value))
                             matched.append({"attribute": name, "value": value})
                 fact_hit += hit
-            title_hit = sum(_hits(w, self.title_words[row]) for w in words)
+            title_hit = sum(not m.isdisjoint(self.title_words[row]) for m in near)
             out[j, 0] = cosines[j]
             out[j, 1] = fact_hit / max(len(words), 1)
             out[j, 2] = title_hit / max(len(words), 1)
             for k, (facet, have) in enumerate((("color", self.color[row]), ("gender", self.gender[row]),
                                                ("noun", self.noun[row])), start=3):
                 if named[facet]:
-                    out[j, k] = 1.0 if any(_hits(w, have) for w in named[facet]) else -1.0
+                    out[j, k] = 1.0 if any(not m.isdisjoint(have) for m in named[facet]) else -1.0
             matched_all.append(matched)
         return out, matched_all
 
@@ -121,4 +129,4 @@ def attention_grid(weights: np.ndarray, grid: tuple[int, int]) -> list[list[floa
     w = np.clip(np.asarray(weights, dtype=np.float64).reshape(-1), 0, None)
     total = w.sum()
     w = w / total if total > 0 else np.full(len(w), 1.0 / len(w))
-    return [[round(float(v), 5) for v in row] for row in w.reshape(grid)]
+    return np.round(w, 5).reshape(grid).tolist()

@@ -122,3 +122,69 @@ def query_tokens(model, texts: list[str], max_tokens: int) -> tuple[torch.Tensor
     model = unwrap_model(model)
     tok = model.tokenize(list(texts), max_tokens)
     return text_tokens(model, tok["input_ids"], tok["attention_mask"])
+
+
+class _TokenStates(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return text_tokens(self.model, input_ids, attention_mask)[0]
+
+
+class QueryEncoder:
+    """The reranker's query side (projected token states, `query_tokens`) on ONNX Runtime: exported
+    from the model once per process, checked against torch on probe texts (max |diff| <=
+    `onnx_runtime.FP32_TOLERANCE`), torch where the export or the check fails."""
+
+    def __init__(self, model, runtime: str = "onnx"):
+        self.model = unwrap_model(model).eval()
+        self.runtime, self._session = "torch", None
+        if runtime == "torch" or not hasattr(self.model.text_tower, "embed") and not hasattr(
+                getattr(self.model.text_tower, "net", None), "encoder"):
+            return
+        try:
+            self._session = self._export()
+            self.runtime = "onnx"
+        except Exception as e:  # noqa: BLE001 - any export/check failure: torch, with the reason logged
+            import logging
+
+            logging.getLogger(__name__).warning("reranker query tokens stay on torch: %s", e)
+
+    def _export(self):
+        import io
+        import warnings
+
+        from mmray.model.onnx_runtime import FP32_TOLERANCE, session, text_probes
+
+        module = _TokenStates(self.model).eval()
+        probes = text_probes(self.model)
+        buf = io.BytesIO()
+        axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                "tokens": {0: "batch", 1: "tokens"}}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (probes[0]["input_ids"], probes[0]["attention_mask"]), buf,
+                              input_names=["input_ids", "attention_mask"], output_names=["tokens"],
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
+        sess = session(buf.getvalue())
+        wanted = {i.name for i in sess.get_inputs()}
+        for probe in probes:
+            with torch.no_grad():
+                expected = module(probe["input_ids"], probe["attention_mask"])
+            got = sess.run(None, {k: v.numpy() for k, v in probe.items() if k in wanted})[0]
+            mask = probe["attention_mask"].bool().numpy()
+            diff = float(np.abs(got - expected.numpy())[mask].max())
+            if not diff <= FP32_TOLERANCE:
+                raise RuntimeError(f"ONNX token states differ from torch by {diff:.2g}")
+        self._wanted = wanted
+        return sess
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], max_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._session is None:
+            return query_tokens(self.model, texts, max_tokens)
+        tok = self.model.tokenize(list(texts), max_tokens)
+        out = self._session.run(None, {k: v.numpy() for k, v in tok.items() if k in self._wanted})[0]
+        return torch.from_numpy(out), tok["attention_mask"].bool()

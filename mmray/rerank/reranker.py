@@ -47,7 +47,14 @@ class Reranked:
 
     order: list[int]            # positions into the candidate list, best first
     scores: np.ndarray          # (K,) head scores, candidate order
-    explanations: list[dict]    # candidate order: {"matched": [...], "attention": [[...]], "grid": [h, w]}
+    grids: np.ndarray           # (K, G) region weights, each row sums to 1
+    matched: list[list[dict]]   # (K,) the facts the query matched
+    grid: tuple[int, int]
+
+    def explanation(self, j: int) -> dict:
+        """Candidate j's explanation: {"matched": [...], "attention": [[...]] (sums to 1), "grid": [h, w]}."""
+        return {"matched": self.matched[j], "attention": attention_grid(self.grids[j], self.grid),
+                "grid": list(self.grid)}
 
 
 class Reranker:
@@ -57,6 +64,17 @@ class Reranker:
         self.head, self.info, self.version = head.eval(), info, version
         self.model_version = info["model_version"]
         self._item_kv: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (id(features), keys, values)
+        self._query: tuple[int, object] | None = None  # (id(model), QueryEncoder)
+        self._query_lock = threading.Lock()
+
+    def query_encoder(self, model, runtime: str = "onnx"):
+        """The query side for `model` (a `features.QueryEncoder`, exported on first use and kept)."""
+        from mmray.rerank.features import QueryEncoder
+
+        with self._query_lock:
+            if self._query is None or self._query[0] != id(model):
+                self._query = (id(model), QueryEncoder(model, runtime))
+            return self._query[1]
 
     @torch.no_grad()
     def item_kv(self, features: ItemFeatures, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -105,9 +123,7 @@ class Reranker:
         scores, grids = self.head(**inputs, item_kv=self.item_kv(features, rows))
         scores, grids = scores[0].numpy(), grids[0].numpy()
         order = sorted(range(len(rows)), key=lambda j: (-float(scores[j]), j))  # ties: the retriever's order
-        explanations = [{"matched": matched[0][j], "attention": attention_grid(grids[j], features.grid),
-                         "grid": list(features.grid)} for j in range(len(rows))]
-        return Reranked(order, scores, explanations)
+        return Reranked(order, scores, grids, matched[0], features.grid)
 
 
 def query_vector(q_tokens: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
@@ -184,7 +200,8 @@ class RerankerPool:
             if entry is None:
                 try:
                     self._reranker.check(retriever.manifest)
-                    entry = (ItemFeatures.load(retriever.folder), FactMatcher(retriever.meta))
+                    # float32 once (a request gathers 50 rows of it): about 2x the fp16 file in memory
+                    entry = (ItemFeatures.load(retriever.folder).as_float32(), FactMatcher(retriever.meta))
                 except (RerankerMismatch, OSError, KeyError) as e:
                     entry = str(e)
                     log.error("reranker refused for index %s: %s", retriever.version, entry)

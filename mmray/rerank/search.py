@@ -16,13 +16,13 @@ from mmray.index.filters import SearchFilters
 def rerank_search(retriever, embedder, pooled, query: str, k: int, filters: SearchFilters | None, hybrid: bool,
                   collapse: bool, top_k: int) -> tuple[list, list[dict | None]]:
     """(hits, explanations) for `query`; `pooled` = (Reranker, ItemFeatures, FactMatcher) of this index."""
-    from mmray.rerank.features import query_tokens
     from mmray.rerank.reranker import query_vector
 
     reranker, features, facts = pooled
     # The text tower runs once: its token states feed the head, their pooled projection is the
     # bi-encoder's query vector (the same as `embed_texts`, to float rounding).
-    full, mask = query_tokens(embedder.model, [query], embedder.text_max_tokens)
+    encoder = reranker.query_encoder(embedder.model, "onnx" if "onnx" in embedder.text_runtime else "torch")
+    full, mask = encoder([query], embedder.text_max_tokens)
     vector = query_vector(full, mask)[0].numpy()
     n = reranker.info["query_tokens"]
     tokens = (full[:, :n], mask[:, :n])  # the head reads the first rerank.query_tokens tokens
@@ -31,10 +31,10 @@ def rerank_search(retriever, embedder, pooled, query: str, k: int, filters: Sear
     if not head:
         return [], []
     ranked = reranker.rerank(embedder.model, query, [h.row for h in head], retriever.vectors, features, facts, tokens)
-    ordered = [(dataclasses.replace(head[j], score=float(ranked.scores[j])), ranked.explanations[j]) for j in ranked.order]
+    ordered = [(dataclasses.replace(head[j], score=float(ranked.scores[j])), j) for j in ranked.order]
     if not collapse:
         out = ordered + [(h, None) for h in rest]
-        return [h for h, _ in out[:k]], [e for _, e in out[:k]]
+        return _explained(out[:k], ranked)
     mask = None if filters is None or filters.is_empty() else filters.mask(retriever.meta)
     seen, out = set(), []
     for hit, ex in ordered:
@@ -50,4 +50,9 @@ def rerank_search(retriever, embedder, pooled, query: str, k: int, filters: Sear
             if hit.product_id not in seen and len(out) < k:
                 seen.add(hit.product_id)
                 out.append((hit, None))
-    return [h for h, _ in out[:k]], [e for _, e in out[:k]]
+    return _explained(out[:k], ranked)
+
+
+def _explained(out: list[tuple], ranked) -> tuple[list, list[dict | None]]:
+    """Hits and the explanations of those the reranker scored (built for the returned hits only)."""
+    return [h for h, _ in out], [None if j is None else ranked.explanation(j) for _, j in out]
