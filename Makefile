@@ -29,6 +29,7 @@ quickstart: $(STAMP)
 	$(BIN)/python -m jobs.preprocess --config $(CONFIG)
 	$(BIN)/python -m jobs.train --config $(CONFIG)
 	$(BIN)/python -m jobs.build_index --config $(CONFIG)
+	$(BIN)/python -m jobs.train_reranker --config $(CONFIG)  # the reranker head (rerank.head) on that index
 	$(BIN)/python -m jobs.evaluate --config $(CONFIG)  # the evaluation report, served at /report/
 	$(MAKE) --no-print-directory serve
 

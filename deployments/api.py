@@ -83,6 +83,8 @@ class SearchRequest(Strict):
     filters: SearchFilters | None = None
     hybrid: bool | None = Field(None, description="Fuse BM25 with vectors (default: index.hybrid)")
     collapse: bool = Field(True, description="One result per product (best variant)")
+    rerank: bool | None = Field(None, description="Rerank the top candidates (default: rerank.enabled); true "
+                                "answers 409 rerank_unavailable where no reranker can serve the index")
 
 
 class EmbedRequest(Strict):
@@ -98,12 +100,15 @@ class Result(BaseModel):
     retrievers: list[str] = Field(description="Which retrievers found it: vector, lexical")
     image_url: str | None = Field(description="The item's photo, served by the app; null for a text-only item")
     variants: int = Field(description="Items (colours, sizes) of this product that pass the filters")
+    explanation: dict | None = Field(None, description="Reranked results: {matched: [{attribute, value}], "
+                                     "attention: [[...]] over the photo (sums to 1), grid: [h, w]}")
 
 
 class SearchResponse(BaseModel):
     results: list[Result]
     index_version: str
     took_ms: float
+    reranked: bool = Field(False, description="The results are in the reranker's order")
 
 
 class EmbedResponse(BaseModel):

@@ -39,7 +39,17 @@ from deployments.metrics import HttpMetrics, record_index_load_error, record_ind
 from deployments.pages import PAGE_CSP, REPORT_CSP, ReportPages, StaticPages
 from deployments.replicas import EmbedderDeployment, HandleBackend, RetrieverDeployment, poll_forever
 from deployments.security import install_security
-from mmray.config import CopyConfig, CreativeConfig, DeploymentConfig, IndexConfig, MmrayConfig, RecommendConfig, ServeConfig, load_config
+from mmray.config import (
+    CopyConfig,
+    CreativeConfig,
+    DeploymentConfig,
+    IndexConfig,
+    MmrayConfig,
+    RecommendConfig,
+    RerankConfig,
+    ServeConfig,
+    load_config,
+)
 from mmray.copy import CopyError, CopyRequest
 from mmray.copy.engines import EngineError
 from mmray.copy.service import CopyService
@@ -48,7 +58,7 @@ from mmray.creative.service import CreativeService, ProductNotFound
 from mmray.images import ImageRejected, decode_image, encode_image
 from mmray.index.filters import SearchFilters
 from mmray.recommend.events import EventError
-from mmray.search import LocalBackend, NotReady, SearchResults, SearchService
+from mmray.search import LocalBackend, NotReady, RerankUnavailable, SearchResults, SearchService, reranker_pool
 from mmray.serving import IndexPool, ModelPool, VersionNotLoaded
 from mmray.storage import ArtifactStore
 from mmray.storage.artifacts import VERSION_RE
@@ -184,7 +194,7 @@ class Ingress:
     def __init__(self, cfg: ServeConfig, index_cfg: IndexConfig, store: ArtifactStore,
                  embedder: DeploymentHandle | None = None, retriever: DeploymentHandle | None = None,
                  creative: CreativeConfig | None = None, copy_cfg: CopyConfig | None = None,
-                 recommend_cfg: RecommendConfig | None = None):
+                 recommend_cfg: RecommendConfig | None = None, rerank_cfg: RerankConfig | None = None):
         self.cfg = cfg
         self.copy = CopyService(store, copy_cfg or CopyConfig(), cfg.port)  # /v1/copy; engines load on first use
         self.recommend, self.recommend_error = _recommend_service(recommend_cfg, colocated=embedder is None)
@@ -194,10 +204,10 @@ class Ingress:
             indexes.refresh()
             self._poller = asyncio.get_event_loop().create_task(poll_forever(indexes, cfg.reload_poll_s))
             models = ModelPool(store, index_cfg.embed_batch_size, index_cfg.query_runtime)
-            backend = LocalBackend(indexes, models, index_cfg.search_threads)
-        else:
+            backend = LocalBackend(indexes, models, index_cfg.search_threads, reranker_pool(store, rerank_cfg))
+        else:  # the split graph does not rerank yet: its searches answer `reranked: false`
             backend = HandleBackend(embedder, retriever)
-        self.service = SearchService(backend, index_cfg)
+        self.service = SearchService(backend, index_cfg, rerank=rerank_cfg)
         self.creatives = CreativeService(creative or CreativeConfig(), store, self.service)
         self.pages, self.report_pages = StaticPages(), ReportPages(store)  # the shop page and /report
         self.inflight = 0
@@ -223,6 +233,8 @@ class Ingress:
             raise ApiError(504, "timeout", f"request took longer than {self.cfg.request_timeout_s} s") from None
         except NotReady as e:
             raise _unavailable("not_ready", f"index not loaded: {e}", retry) from None
+        except RerankUnavailable as e:
+            raise ApiError(409, "rerank_unavailable", str(e)[:500]) from None
         except VersionNotLoaded:
             raise _unavailable("version_unavailable", "the index version this request was pinned to is "
                                "loading or gone on a replica; retry", retry) from None
@@ -245,12 +257,14 @@ class Ingress:
     def results(res: SearchResults) -> ORJSONResponse:
         """The response, serialised straight away: its shape is `SearchResponse` by construction, so
         FastAPI's second validation pass over every result is skipped (a measurable share of a request)."""
+        explanations = res.explanations or [None] * len(res.hits)
         return ORJSONResponse({"results": [{"product_id": h.product_id, "id": h.id, "title": h.title,
                                             "price": h.price, "score": h.score, "retrievers": h.retrievers,
                                             "variants": h.variants,
-                                            "image_url": f"/images/{res.index_version}/{h.row}.jpg" if h.image else None}
-                                           for h in res.hits],
-                               "index_version": res.index_version, "took_ms": res.took_ms})
+                                            "image_url": f"/images/{res.index_version}/{h.row}.jpg" if h.image else None,
+                                            "explanation": ex}
+                                           for h, ex in zip(res.hits, explanations)],
+                               "index_version": res.index_version, "took_ms": res.took_ms, "reranked": res.reranked})
 
     async def read_image(self, upload: UploadFile) -> bytes:
         """Read, check and decode an upload in a worker thread (at most `max_concurrent_decodes`
@@ -292,7 +306,7 @@ class Ingress:
         self.check_text("query", body.query)
         self.check_k(body.k)
         res = await self.guarded(self.service.search_text, query=body.query, k=body.k, filters=body.filters,
-                                 hybrid=body.hybrid, collapse=body.collapse)
+                                 hybrid=body.hybrid, collapse=body.collapse, rerank=body.rerank)
         return self.results(res)
 
     @api.post("/v1/search/image", response_model=SearchResponse, summary="Search by photo (multipart upload)")
@@ -512,7 +526,8 @@ def build_app(args: AppArgs | dict | None = None) -> Application:
     store = ArtifactStore.from_config(cfg.storage)
     ingress = Ingress.options(**_options(s.ingress, s.retry_after_s))
     if s.topology == "colocated":
-        return ingress.bind(s, cfg.index, store, creative=cfg.creative, copy_cfg=cfg.copy, recommend_cfg=cfg.recommend)
+        return ingress.bind(s, cfg.index, store, creative=cfg.creative, copy_cfg=cfg.copy, recommend_cfg=cfg.recommend,
+                            rerank_cfg=cfg.rerank)
     embedder = EmbedderDeployment.options(**_options(s.embedder, s.retry_after_s)).bind(
         store, s.embed_max_batch, s.embed_batch_wait_s)
     retriever = RetrieverDeployment.options(**_options(s.retriever, s.retry_after_s)).bind(

@@ -1,6 +1,6 @@
 """The `mmray` command: each pipeline step, the app, and a small client for a running app.
 
-    mmray quickstart                      preprocess -> train -> index -> evaluate -> serve
+    mmray quickstart                      preprocess -> train -> index -> reranker -> evaluate -> serve
     mmray train --config configs/local.yaml --set train.epochs=5
     mmray serve | mmray stop
     mmray search "red jacket" --k 5 --filter gender=Women      (or --image photo.jpg)
@@ -184,12 +184,12 @@ def stop() -> None:
 @app.command()
 def quickstart(config: str = ConfigOpt, set_: list[str] = SetOpt, cpus: int = CpusOpt, metrics_port: int = MetricsOpt,
                dashboard: bool = DashboardOpt) -> None:
-    """The whole pipeline on the configured catalog, then the app: preprocess, train, index, evaluate, serve."""
+    """The whole pipeline on the configured catalog, then the app: preprocess, train, index, reranker, evaluate, serve."""
     names, serve_steps = _serve_steps(config, set_, cpus, metrics_port, dashboard)
     args = _args(config, set_)
     steps = [_job("jobs.preprocess", args), _job("jobs.train", args), _job("jobs.build_index", args),
-             _job("jobs.evaluate", args), *serve_steps]
-    _finish(Steps(["preprocess", "train", "index", "evaluate", *names]).run(steps))
+             _job("jobs.train_reranker", args), _job("jobs.evaluate", args), *serve_steps]
+    _finish(Steps(["preprocess", "train", "index", "reranker", "evaluate", *names]).run(steps))
 
 
 # --------------------------------------------------------------------------- client of a running app

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mmray.config import IndexConfig
+from mmray.config import IndexConfig, RerankConfig
 from mmray.index.filters import SearchFilters
 from mmray.index.retriever import Hit
 from mmray.serving import IndexPool, ModelPool
@@ -31,11 +31,17 @@ class NotReady(Exception):
     """No index is loaded yet (or none can be): callers answer 503 with Retry-After."""
 
 
+class RerankUnavailable(Exception):
+    """A request asked for `"rerank": true` and no reranker can serve the index (callers answer 409)."""
+
+
 @dataclass
 class SearchResults:
     hits: list[Hit]
     index_version: str
     took_ms: float
+    reranked: bool = False
+    explanations: list[dict | None] | None = None  # per hit, when reranked
 
 
 class SearchBackend(Protocol):
@@ -70,20 +76,23 @@ class SearchBackend(Protocol):
 class SearchService:
     """Text, image and similar-product search over one backend."""
 
-    def __init__(self, backend: SearchBackend, cfg: IndexConfig, info_ttl_s: float = 0.5):
+    def __init__(self, backend: SearchBackend, cfg: IndexConfig, info_ttl_s: float = 0.5,
+                 rerank: RerankConfig | None = None):
         self.backend, self.cfg, self.info_ttl_s = backend, cfg, info_ttl_s
+        self.rerank_cfg = rerank or RerankConfig()
         self._info: dict | None = None
         self._info_at = 0.0
 
     @classmethod
-    def local(cls, store: ArtifactStore, cfg: IndexConfig) -> SearchService:
-        """The current index of `store` and its model, in this process."""
+    def local(cls, store: ArtifactStore, cfg: IndexConfig, rerank: RerankConfig | None = None) -> SearchService:
+        """The current index of `store` and its model, in this process (and the reranker, when `rerank.enabled`)."""
         indexes = IndexPool(store, cfg)
         indexes.refresh()
         if indexes.newest is None:
             raise NotReady(indexes.error)
-        return cls(LocalBackend(indexes, ModelPool(store, cfg.embed_batch_size, cfg.query_runtime), cfg.search_threads),
-                   cfg)
+        rerankers = reranker_pool(store, rerank)
+        return cls(LocalBackend(indexes, ModelPool(store, cfg.embed_batch_size, cfg.query_runtime), cfg.search_threads,
+                                rerankers), cfg, rerank=rerank)
 
     async def info(self, fresh: bool = False) -> dict:
         """What is being served (cached for `info_ttl_s`); NotReady before any index is loaded."""
@@ -94,8 +103,27 @@ class SearchService:
         return self._info
 
     async def search_text(self, *, query: str, k: int = 10, filters: SearchFilters | None = None,
-                          hybrid: bool | None = None, collapse: bool = True) -> SearchResults:
+                          hybrid: bool | None = None, collapse: bool = True, rerank: bool | None = None) -> SearchResults:
+        """`rerank`: None follows `rerank.enabled` (a reranker that cannot serve: the bi-encoder order, logged
+        once); True insists (RerankUnavailable if it cannot); False never reranks."""
         start, info = time.perf_counter(), await self.info()
+        want = self.rerank_cfg.enabled if rerank is None else rerank
+        if want:
+            from mmray.rerank.reranker import RerankerMismatch
+
+            reranking = getattr(self.backend, "search_text_reranked", None)
+            try:
+                if reranking is None or getattr(self.backend, "rerankers", None) is None:
+                    raise RerankerMismatch("this deployment has no reranker (rerank.enabled false, or the split "
+                                           "topology, which does not rerank yet)")
+                hits, explanations = await reranking(
+                    version=info["version"], model=info["model"], query=query, k=k, filters=filters,
+                    hybrid=self.cfg.hybrid if hybrid is None else hybrid, collapse=collapse,
+                    top_k=self.rerank_cfg.top_k)
+                return SearchResults(hits, info["version"], _ms(start), True, explanations)
+            except RerankerMismatch as e:
+                if rerank:
+                    raise RerankUnavailable(str(e)) from None
         hits = await self.backend.search_text(version=info["version"], model=info["model"], query=query, k=k,
                                               filters=filters, hybrid=self.cfg.hybrid if hybrid is None else hybrid,
                                               collapse=collapse)
@@ -154,8 +182,9 @@ class LocalBackend:
     (not asyncio's default pool of cores + 4: past a couple of threads the model's Python code only
     fights the event loop for the GIL)."""
 
-    def __init__(self, indexes: IndexPool, models: ModelPool, threads: int):
-        self.indexes, self.models = indexes, models
+    def __init__(self, indexes: IndexPool, models: ModelPool, threads: int, rerankers=None):
+        """`rerankers`: a `mmray.rerank.reranker.RerankerPool` (None: no reranking here)."""
+        self.indexes, self.models, self.rerankers = indexes, models, rerankers
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mmray-search")
 
     async def _run(self, fn, /, *args, **kwargs):
@@ -183,6 +212,19 @@ class LocalBackend:
             return retriever.search(vector, k, filters, query_text=query, hybrid=hybrid, collapse=collapse)
         return await self._run(work)
 
+    async def search_text_reranked(self, *, version, model, query, k, filters, hybrid, collapse, top_k
+                                   ) -> tuple[list[Hit], list[dict | None]]:
+        """The top `top_k` items reranked (then collapsed to products), the rest in the retriever's order."""
+        from mmray.rerank.search import rerank_search
+
+        retriever = self.indexes.get(version)
+
+        def work():
+            reranker = self.rerankers.get(retriever)  # RerankerMismatch before any embedding
+            embedder = self.models.get(model)
+            return rerank_search(retriever, embedder, reranker, query, k, filters, hybrid, collapse, top_k)
+        return await self._run(work)
+
     async def similar(self, *, version, product_id, k, filters) -> list[Hit] | None:
         retriever = self.indexes.get(version)
         try:
@@ -198,9 +240,31 @@ class LocalBackend:
 
     async def warm(self, model: str) -> None:
         await self._run(self.models.get, model)
+        if self.rerankers is not None and self.indexes.newest is not None:
+            await self._run(self._warm_reranker, model)
+
+    def _warm_reranker(self, model: str) -> None:
+        """Load the reranker for the newest index and export its query side (ONNX, seconds) before traffic."""
+        from mmray.rerank.reranker import RerankerMismatch
+
+        try:
+            reranker = self.rerankers.get(self.indexes.newest)[0]
+        except RerankerMismatch:
+            return  # logged by the pool; searches are served without reranking
+        embedder = self.models.get(model)
+        reranker.query_encoder(embedder.model, "onnx" if "onnx" in embedder.text_runtime else "torch")
 
     async def facets(self, *, version: str) -> dict:
         return self.indexes.get(version).facets()
+
+
+def reranker_pool(store: ArtifactStore, cfg: RerankConfig | None):
+    """The reranker pool of a serving process, or None where `rerank.enabled` is false."""
+    if cfg is None or not cfg.enabled:
+        return None
+    from mmray.rerank.reranker import RerankerPool
+
+    return RerankerPool(store, cfg)
 
 
 def product_record(retriever, product_id: str) -> dict | None:

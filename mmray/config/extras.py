@@ -9,12 +9,41 @@ from mmray.config.base import StrictConfig
 
 
 class RerankConfig(StrictConfig):
-    """Cross-attention reranker over retrieved candidates."""
+    """The reranker over retrieved candidates (`mmray.rerank`, `jobs.train_reranker`)."""
 
     enabled: bool = False
-    """Rerank retrieved candidates."""
+    """Rerank the top candidates of `/v1/search` (a request may still send `"rerank": false`); the index
+    build then also stores the item-side features. Needs a reranker trained against the index's model:
+    one trained against another model version is refused (logged, searches served without reranking)."""
     top_k: int = Field(50, ge=1)
     """Candidates passed to the reranker."""
+    head: Literal["cross_attention", "concat_mlp", "weighted_average"] = "cross_attention"
+    """The fusion head served (`rerankers/<head>`) and trained by default (BENCHMARKS.md, "Reranker", compares them)."""
+    index_features: bool = False
+    """Store the item-side features at index build even with `enabled` false (to train a reranker first)."""
+    item_tokens: int = Field(32, ge=1)
+    """Item text tokens kept per item in the index's features (fp16, embed_dim each)."""
+    query_tokens: int = Field(16, ge=1)
+    """Query text tokens the reranker reads."""
+    hidden: int = Field(64, ge=2)
+    """Width of the fusion heads (attention, MLP)."""
+    epochs: int = Field(12, ge=1)
+    """Training epochs of `jobs.train_reranker`."""
+    lr: float = Field(3e-3, gt=0)
+    """AdamW learning rate of the head."""
+    weight_decay: float = Field(1e-4, ge=0)
+    """AdamW weight decay of the head."""
+    batch_size: int = Field(32, ge=1)
+    """Queries per training step (each with `list_size` candidates)."""
+    list_size: int = Field(24, ge=2)
+    """Candidates per training query: its positives, mined hard negatives, the rest from the index's top hits."""
+    hard_negatives: int = Field(3, ge=0)
+    """Mined negatives of each kind per training query: same category other colour, same colour other
+    category, near-duplicate images of other products."""
+    num_workers: int = Field(1, ge=1)
+    """Ray Train workers of `jobs.train_reranker` (the head is small: one is enough on a laptop)."""
+    seed: int = 0
+    """Seed of the head's initialisation, the query sampling and the shuffling."""
 
 
 class RecommendConfig(StrictConfig):

@@ -5,6 +5,8 @@
       vectors.npy           (N, E) fused item vectors, unit norm (exact search, `similar`)
       metadata.parquet      row -> id, product_id, title, category, gender, color, price, available, text
       lexical/              bm25s index over title, description and attributes
+      rerank_features.npz   only with rerank.enabled / rerank.index_features: the reranker's item side
+                            (first image's projected regions, text tokens; fp16, mmray.rerank.features)
       images/<row>.jpg      the item's first (resized) image, served by the app (none for a
                             text-only item, whose metadata `image` is "")
       manifest.json         written last: parents (model, dataset), config, counts, spec, timings,
@@ -43,9 +45,9 @@ class ItemEmbedder:
     A text-only item (no images) gets its text vector, renormalised, and an empty `first_image`."""
 
     def __init__(self, model: Version, batch_size: int, image_weight: float, text_tokens: int = 128,
-                 runtime: str = "torch"):
+                 runtime: str = "torch", rerank_tokens: int = 0):
         self.embedder = Embedder.from_version(model, batch_size, runtime)  # ONNX towers: compiled by the driver
-        self.image_weight, self.text_tokens = image_weight, text_tokens
+        self.image_weight, self.text_tokens, self.rerank_tokens = image_weight, text_tokens, rerank_tokens
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         owner, images = [], []
@@ -57,9 +59,18 @@ class ItemEmbedder:
         image_vecs = np.zeros_like(text_vecs)  # rows of text-only items stay zero: fused = their text vector
         if images:
             image_vecs = item_image_vectors(self.embedder.embed_images(images), np.array(owner), len(batch["id"]))
-        return {"id": batch["id"], "vector": fuse(image_vecs, text_vecs, self.image_weight),
-                "first_image": np.array([bytes(imgs[0]) if len(imgs) else b"" for imgs in batch["images"]],
-                                        dtype=object)}
+        first = [bytes(imgs[0]) if len(imgs) else b"" for imgs in batch["images"]]
+        out = {"id": batch["id"], "vector": fuse(image_vecs, text_vecs, self.image_weight),
+               "first_image": np.array(first, dtype=object)}
+        if self.rerank_tokens:  # the reranker's item side (mmray.rerank.features), from the first image only
+            from mmray.rerank.features import item_features
+
+            f = item_features(self.embedder, list(batch["text"]), first, self.rerank_tokens)
+            pad = self.rerank_tokens - f.tokens.shape[1]
+            out.update(rr_regions=f.regions, rr_tokens=np.pad(f.tokens, [(0, 0), (0, pad), (0, 0)]),
+                       rr_mask=np.pad(f.token_mask, [(0, 0), (0, pad)]), rr_has_image=f.has_image,
+                       rr_grid=np.tile(np.array(f.grid, dtype=np.int64), (len(first), 1)))
+        return out
 
 
 CALIBRATION_IMAGES = 64
@@ -115,15 +126,19 @@ def build_index(cfg: MmrayConfig, model_version: str | None = None) -> dict:
     runtime = cfg.index.embed_runtime
     if runtime != "torch":
         runtime = compile_once(model, runtime, ds)
+    rerank_tokens = cfg.rerank.item_tokens if (cfg.rerank.enabled or cfg.rerank.index_features) else 0
     embedded = ds.map_batches(
         ItemEmbedder, batch_size=cfg.index.embed_batch_size, batch_format="numpy",
-        fn_constructor_args=(model, cfg.index.embed_batch_size, cfg.index.image_weight, 128, runtime),
+        fn_constructor_args=(model, cfg.index.embed_batch_size, cfg.index.image_weight, 128, runtime, rerank_tokens),
         compute=ray.data.ActorPoolStrategy(size=cfg.index.embed_concurrency), num_gpus=cfg.index.embed_num_gpus)
-    by_id = {}
+    by_id, rerank_rows = {}, {}
     for batch in embedded.iter_batches(batch_format="numpy", batch_size=None):
-        for item_id, vec, image in zip(batch["id"], batch["vector"], batch["first_image"]):
+        for j, (item_id, vec, image) in enumerate(zip(batch["id"], batch["vector"], batch["first_image"])):
             by_id[str(item_id)] = (vec, image)
+            if rerank_tokens:
+                rerank_rows[str(item_id)] = tuple(batch[c][j] for c in RERANK_COLUMNS)
     vectors = np.stack([by_id[i][0] for i in meta["id"]]).astype(np.float32)
+    rerank_features = _rerank_features(rerank_rows, meta["id"]) if rerank_tokens else None
     t_embed = time.time()
 
     with store.begin(INDEX_KIND, config=cfg.model_dump(mode="json"),
@@ -131,6 +146,9 @@ def build_index(cfg: MmrayConfig, model_version: str | None = None) -> dict:
         folder = writer.path() if store.local else tempfile.mkdtemp(prefix="mmray-index-")
         try:
             extra = _write_index_files(folder, cfg, meta, vectors, by_id)
+            if rerank_features is not None:
+                extra["rerank_features"] = {"file": rerank_features.save(folder), "grid": list(rerank_features.grid),
+                                            "item_tokens": rerank_tokens, "dtype": "float16"}
             extra.update(model_version=model.name, timings_s={"embed": round(t_embed - start, 2),
                                                               "build": round(time.time() - t_embed, 2)})
             if not store.local:
@@ -146,6 +164,18 @@ def build_index(cfg: MmrayConfig, model_version: str | None = None) -> dict:
     store.set_current(INDEX_KIND, version.name)
     store.prune(INDEX_KIND)
     return {**version.manifest, "path": version.uri}
+
+
+RERANK_COLUMNS = ("rr_regions", "rr_tokens", "rr_mask", "rr_has_image", "rr_grid")
+
+
+def _rerank_features(rows: dict, ids: list[str]):
+    """The items' reranker features in index row order (`mmray.rerank.features.ItemFeatures`)."""
+    from mmray.rerank.features import ItemFeatures
+
+    cols = [np.stack([rows[i][c] for i in ids]) for c in range(4)]
+    return ItemFeatures(cols[0].astype(np.float16), cols[1].astype(np.float16), cols[2].astype(bool),
+                        cols[3].astype(bool), tuple(int(v) for v in rows[ids[0]][4]))
 
 
 def _write_index_files(folder: str, cfg: MmrayConfig, meta: dict, vectors: np.ndarray, by_id: dict) -> dict:

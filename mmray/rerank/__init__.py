@@ -1,0 +1,1 @@
+"""Reranking the top candidates: small fusion heads over the dual encoder's tower features (`mmray.rerank.heads`)."""
