@@ -62,8 +62,9 @@ def machine_info() -> list[str]:
 
 
 def synthetic(n: int, dim: int, n_queries: int, clusters: int, seed: int = 0,
-              chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
-    """(n, dim) clustered unit vectors and (n_queries, dim) perturbed data points, float32."""
+              chunk: int = 100_000, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) clustered unit vectors and (n_queries, dim) perturbed data points, float32; each
+    row's cluster is written into `labels` (an (n,) int array) when one is given."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, dim)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
@@ -77,6 +78,8 @@ def synthetic(n: int, dim: int, n_queries: int, clusters: int, seed: int = 0,
         hi = min(n, lo + chunk)
         r = np.random.default_rng([seed, lo])
         c = r.choice(clusters, size=hi - lo, p=weights)
+        if labels is not None:
+            labels[lo:hi] = c
         block = centers[c]
         block += (r.standard_normal((hi - lo, rank), dtype=np.float32) * spread[c, None]) @ basis
         block += r.standard_normal((hi - lo, dim), dtype=np.float32) * np.float32(0.15 / np.sqrt(dim))
