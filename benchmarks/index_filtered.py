@@ -1,7 +1,7 @@
 """Filtered vector search at scale: the Retriever's filter planner against embedded vector stores.
 
     python -m benchmarks.index_filtered [--n 200000] [--dim 256] [--queries 200]
-        [--specs "HNSW32;IVF1024,Flat"] [--peers qdrant,chroma,lancedb]
+        [--specs "HNSW32;IVF1024,Flat;IVF1024,Flat/nprobe=8"] [--peers qdrant,chroma,lancedb]
 
 Data: `benchmarks.index.synthetic` (N unit vectors around `--clusters` centres with Zipf-like
 sizes, each point its centre plus a low-rank offset of per-cluster spread 0.4-0.9 and small
@@ -129,7 +129,10 @@ def folder_bytes(path: str) -> int:
 
 class RetrieverSystem:
     def __init__(self, spec: str, args):
-        self.spec, self.name = spec, f"mmray {spec}"
+        """`spec`: a FAISS factory string, optionally with search knobs: `IVF1024,Flat/nprobe=8`."""
+        self.name = f"mmray {spec}"
+        spec, *knobs = spec.split("/")
+        self.spec, self.knobs = spec, dict(kv.split("=") for kv in knobs)
         self.args = args
 
     def build(self, data, meta):
@@ -147,7 +150,8 @@ class RetrieverSystem:
         for col in ("category", "gender", "color"):
             m[f"{col}_lc"] = np.array([v.lower() for v in meta[col]], dtype=object)
         cfg = IndexConfig(**({"filter_exact_share": self.args.exact_share} if self.args.exact_share is not None else {}))
-        ann = build_ann(data, self.spec, nprobe=self.args.nprobe or cfg.nprobe, ef_search=self.args.ef_search or cfg.ef_search)
+        ann = build_ann(data, self.spec, nprobe=int(self.knobs.get("nprobe", cfg.nprobe)),
+                        ef_search=int(self.knobs.get("ef", cfg.ef_search)))
         t0 = time.perf_counter()
         self.retriever = Retriever("<bench>", {"version": "bench"}, ann, data, m, None, cfg.rrf_k, cfg)
         self.planner_s = time.perf_counter() - t0
@@ -399,10 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--clusters", type=int, default=500)
-    p.add_argument("--specs", default="HNSW32;IVF1024,Flat")
+    p.add_argument("--specs", default="HNSW32;IVF1024,Flat;IVF1024,Flat/nprobe=8",
+                   help="';'-separated FAISS factory strings, each with optional /nprobe=N or /ef=N "
+                        "(default: the config's index.nprobe / index.ef_search)")
     p.add_argument("--peers", default="qdrant,chroma,lancedb", help="comma-separated, '' for none")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF nprobe (default: the config's)")
-    p.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch (default: the config's)")
     p.add_argument("--exact-share", type=float, default=None, help="index.filter_exact_share (default: the config's)")
     p.add_argument("--min-seconds", type=float, default=1.0, help="time each measurement at least this long")
     p.add_argument("--seed", type=int, default=0)

@@ -12,7 +12,7 @@ import pytest
 from mmray.config import IndexConfig
 from mmray.index.ann import build_ann
 from mmray.index.filters import SearchFilters
-from mmray.index.planner import _CHUNK, FilterPlanner, exact_among
+from mmray.index.planner import _CHUNK, FilterPlanner, effort_boost, exact_among
 from mmray.index.retriever import Retriever
 
 N, DIM, K = 20_003, 32, 10  # N not a multiple of 8 (nor of 3): shard bitmaps start mid-byte
@@ -181,12 +181,14 @@ def test_the_ann_plan_raises_search_effort_with_one_over_share(data, indexes):
 
     planner = indexes["HNSW32"].planner
     plan = planner.plan(SearchFilters(**SELECTIVE["20%"]))
-    params = planner._params(planner.ann, plan, 1 / plan.share, 0, N)
+    boost = effort_boost(plan.share)
+    assert boost == pytest.approx(1 / plan.share) and effort_boost(1.0) == 1.0
+    params = planner._params(planner.ann, plan, boost, 0, N)
     assert isinstance(params, faiss.SearchParametersHNSW)
-    assert params.efSearch == int(np.ceil(32 / plan.share))  # the index's efSearch 32, raised
+    assert params.efSearch == int(np.ceil(32 * boost))  # the index's efSearch 32, raised
     ivf = indexes["IVF64,Flat"].planner
-    params = ivf._params(ivf.ann, plan, 1 / plan.share, 0, N)
-    assert params.nprobe == min(64, int(np.ceil(8 / plan.share)))
+    params = ivf._params(ivf.ann, plan, boost, 0, N)
+    assert params.nprobe == min(64, int(np.ceil(8 * boost)))
 
 
 def test_sharded_filtered_search_makes_no_copy_of_the_vectors(data, indexes):

@@ -11,10 +11,12 @@ and a strategy:
   with only the matching rows, read in place by FAISS (`knn_inner_products_by_idx`), so no copy of
   the vector matrix is made;
 - `ann` otherwise: the FAISS index with an `IDSelectorBitmap` over the matching rows and its search
-  effort raised by 1 / share (HNSW `efSearch`, IVF `nprobe`, capped by `index.filter_max_effort`),
-  so about as many matching candidates are examined as an unfiltered search examines; a shard of an
-  `IndexShards` is searched with its own slice of the bitmap. The caller falls back to `exact` when
-  fewer matching rows than asked for come back.
+  effort (HNSW `efSearch`, IVF `nprobe`) raised by `effort_boost(share)` = 1 / share, capped by
+  `index.filter_max_effort`, so about as many matching candidates are examined as an unfiltered
+  search examines candidates; a shard of an `IndexShards` is searched with its own slice of the
+  bitmap. A gentler raise (share^-(1 - share): 3.6x at 20 %) was faster but lost recall against
+  the unfiltered search on filters that follow the vectors (categories do), so it is not used.
+  `search` falls back to `exact` for a query that gets fewer matching rows than asked for.
 
 Plans are cached by filter (`index.filter_cache`): a shop offers few filter combinations, so the
 rows, bitmap and FAISS selector of a repeated filter are built once.
@@ -254,7 +256,7 @@ class FilterPlanner:
         """The ANN index restricted to the plan's rows, search effort raised by 1 / share; rows
         are global (-1 for empty slots)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        boost = 1.0 / max(plan.share, 1e-9)
+        boost = effort_boost(plan.share)
         if self.shards is None:
             return self.ann.search(queries, k, params=self._params(self.ann, plan, boost, 0, self.n))
         parts_d, parts_i = [], []
@@ -287,6 +289,11 @@ class FilterPlanner:
             nprobe = min(index.nlist, self.max_effort, max(index.nprobe, math.ceil(index.nprobe * boost)))
             return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
         return faiss.SearchParameters(sel=sel)
+
+
+def effort_boost(share: float) -> float:
+    """How many times an unfiltered search's effort a filter matching `share` of the rows gets."""
+    return 1.0 / min(max(share, 1e-9), 1.0)
 
 
 def exact_among(vectors: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
