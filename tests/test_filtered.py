@@ -157,6 +157,16 @@ def test_filtered_top_10_against_brute_force_at_each_selectivity(data, indexes, 
             assert rec >= unfiltered - 0.02, (name, label, rec, unfiltered)  # no worse than no filter
 
 
+def test_refined_ivf_pq_takes_the_selector_in_its_base_search(data):
+    """The spec `auto` picks at scale: the selector and raised nprobe go to the IVF inside Refine."""
+    _, _, queries, ref = data
+    retr = retriever(data, "IVF64,PQ8,Refine(SQ8)")
+    unfiltered, _, _ = _recall(retr, queries, None, np.arange(N))
+    for label in ("20%", "60%"):
+        rec, _, _ = _recall(retr, queries, SearchFilters(**SELECTIVE[label]), ref[label])
+        assert rec >= unfiltered - 0.02, (label, rec, unfiltered)
+
+
 def test_the_plan_at_the_extremes(data, indexes):
     *_, ref = data
     hnsw = indexes["HNSW32"].planner

@@ -24,6 +24,7 @@ rows, bitmap and FAISS selector of a repeated filter are built once.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 
 import faiss
@@ -133,6 +134,7 @@ class FilterPlanner:
         self._prefix_codes: dict[str, np.ndarray] = {}
         self._prefix_rows: dict[str, np.ndarray] = {}
         self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # a serving process searches from several threads
         self.everything = FilterPlan(None, self.n, "ann")
         self.exact_index = _is_flat(ann)
         self.shards = _shard_bounds(ann)
@@ -144,16 +146,18 @@ class FilterPlanner:
             return self.everything
         key = (filters.category and filters.category.strip("/").lower(), (filters.gender or "").lower(),
                (filters.color or "").lower(), filters.min_price, filters.max_price, filters.available_only)
-        plan = self._cache.get(key)
-        if plan is not None:
-            self._cache.move_to_end(key)
-            return plan
+        with self._lock:
+            plan = self._cache.get(key)
+            if plan is not None:
+                self._cache.move_to_end(key)
+                return plan
         rows = self.matching_rows(filters)
         plan = FilterPlan(rows, self.n, self.strategy_for(len(rows)))
         if self.cache_size:
-            self._cache[key] = plan
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            with self._lock:
+                self._cache[key] = plan
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
         return plan
 
     def without(self, plan: FilterPlan, exclude) -> FilterPlan:
@@ -227,7 +231,9 @@ class FilterPlanner:
         """Top-k (scores, rows) of each query among the plan's rows, (nq, min(k, count)), best first:
         exact for an `exact` plan, else the ANN index, and exact for any query the ANN index could
         not give that many matching rows."""
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries.reshape(1, -1)
         k = min(k, plan.count)
         if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)

@@ -112,6 +112,8 @@ class Retriever:
         fetch = min(n_match, k * (4 if collapse else 1))
         while True:
             vec_rows, vec_scores = self._vector_candidates(vector, plan, fetch)
+            if not collapse and not (hybrid and query_text):  # the plain vector ranking: hits in bulk
+                return self._hits(vec_rows[:k], vec_scores[:k])
             ranked = self._fuse(vec_rows, vec_scores, query_text, plan.mask(), fetch) if hybrid and query_text \
                 else [(r, s, ("vector",)) for r, s in zip(vec_rows, vec_scores)]
             if collapse:
@@ -167,6 +169,15 @@ class Retriever:
             hit.variants = len(rows) if plan.everything else int(np.count_nonzero(plan.contains(rows)))
             hits.append(hit)
         return hits
+
+    def _hits(self, rows: list[int], scores: list[float]) -> list[Hit]:
+        """`_hit` for a vector-only ranking, reading each metadata column once for all rows."""
+        meta, idx = self.meta, np.asarray(rows, dtype=np.int64)
+        ids, pids, titles, images = (meta[c][idx].tolist() for c in ("id", "product_id", "title", "image"))
+        prices = meta["price"][idx].tolist()
+        return [Hit(row=r, id=i, product_id=p, title=t, price=None if pr != pr else pr, score=sc,
+                    retrievers=["vector"], image=im)
+                for r, i, p, t, pr, sc, im in zip(rows, ids, pids, titles, prices, scores, images)]
 
     def _hit(self, row: int, score: float, sources) -> Hit:
         meta = self.meta
