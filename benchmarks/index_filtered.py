@@ -13,7 +13,7 @@ availability (90 %). Five filters, chosen on the data to match about 0.5 %, 2 %,
 the rows, and none:
     0.5 %  category = the leaf whose share is nearest 0.5 %
     2 %    category = the leaf nearest 2 %
-    20 %   gender = Women and price <= the price that brings the share nearest 20 %
+    20 %   gender = the commonest gender and price <= the price that brings the share nearest 20 %
     60 %   available_only and price >= the price that brings the share nearest 60 %
 For every system and filter:
     build     seconds to load the N rows and build the index (FAISS: `build_ann` + the Retriever
@@ -86,10 +86,11 @@ def choose_filters(meta: dict) -> list[tuple[str, dict | None, np.ndarray]]:
             cat = meta["category"][np.flatnonzero(meta["leaf"] == leaf)[0]]
             out.append((label, {"category": cat}, meta["category"] == cat))
         elif target <= 0.3:
-            women = meta["gender"] == "women"
-            prices = np.sort(meta["price"][women])
+            gender = max(GENDERS, key=lambda g: np.count_nonzero(meta["gender"] == g))  # the commonest
+            rows_g = meta["gender"] == gender
+            prices = np.sort(meta["price"][rows_g])
             cut = float(prices[min(len(prices) - 1, int(target * n))])
-            out.append((label, {"gender": "Women", "max_price": cut}, women & (meta["price"] <= cut)))
+            out.append((label, {"gender": gender.title(), "max_price": cut}, rows_g & (meta["price"] <= cut)))
         else:
             avail = meta["available"]
             prices = np.sort(meta["price"][avail])[::-1]

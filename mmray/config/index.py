@@ -35,7 +35,8 @@ class IndexConfig(StrictConfig):
     """Cap on the raised HNSW `efSearch` / IVF `nprobe` of a filtered ANN search."""
     filter_cache: int = Field(64, ge=0)
     """Filter plans (matching rows, bitmap, FAISS selector) kept per loaded index, least recently
-    used dropped; a plan takes about N/8 bytes plus 8 per matching row."""
+    used dropped; a plan takes about N/8 bytes plus 8 per matching row (N more once a hybrid search
+    used it)."""
     embed_batch_size: int = Field(64, ge=1)
     """Rows per embedding batch."""
     embed_runtime: Literal["torch", "onnx", "onnx-int8"] = "onnx"

@@ -71,17 +71,23 @@ class FilterPlan:
         """Packed bits, little-endian within a byte (row r is bit r & 7 of byte r >> 3), as
         `faiss.IDSelectorBitmap` reads them."""
         if self._bitmap is None:
-            self._bitmap = np.packbits(self.mask(), bitorder="little")
+            self._bitmap = np.packbits(self._bools(), bitorder="little")
         return self._bitmap
 
     def mask(self) -> np.ndarray:
-        """(N,) bool, read-only."""
+        """(N,) bool, read-only; kept (hybrid search's BM25 takes it)."""
         if self._mask is None:
-            mask = np.zeros(self.n, dtype=bool)
-            mask[slice(None) if self.rows is None else self.rows] = True
+            mask = self._bools()
             mask.flags.writeable = False
             self._mask = mask
         return self._mask
+
+    def _bools(self) -> np.ndarray:
+        if self._mask is not None:
+            return self._mask
+        mask = np.zeros(self.n, dtype=bool)
+        mask[slice(None) if self.rows is None else self.rows] = True
+        return mask
 
     def contains(self, rows: np.ndarray) -> np.ndarray:
         """Bool per row of `rows` (valid row numbers): does the filter match it."""
@@ -104,7 +110,7 @@ class FilterPlan:
             if lo % 8 == 0:
                 bits = self.bitmap()[lo // 8:(hi + 7) // 8]  # a view: the shard's bytes of the bitmap
             else:
-                bits = np.packbits(self.mask()[lo:hi], bitorder="little")
+                bits = np.packbits(self._bools()[lo:hi], bitorder="little")
             sel = faiss.IDSelectorBitmap(hi - lo, faiss.swig_ptr(bits))
             sel.bits_ref = bits  # keep the buffer alive as long as the selector
             self._selectors[(lo, hi)] = sel
