@@ -2,6 +2,9 @@
 
     python -m benchmarks.index [--n 1000000] [--dim 256] [--queries 1000] [--quality-only] [--ann-only]
 
+Filtered search (the Retriever's filter planner) against Qdrant Edge, Chroma and LanceDB:
+`python -m benchmarks.index_filtered`.
+
 Part 1 (ANN). N synthetic unit vectors (float32, clustered, generated in chunks) and `--queries`
 queries, each a data point perturbed by noise and renormalised. Every spec is built with
 `mmray.index.ann.build_ann` (the same code path, train sample and search knobs as the index job;
@@ -11,6 +14,7 @@ queries, each a data point perturbed by noise and renormalised. Every spec is bu
   1-query   median latency of single-query searches (the serving pattern: one request, one query),
             with FAISS's default OpenMP threads and with 1 thread (less sensitive to a busy machine)
   R@10      share of Flat's top 10 that the spec also returns (Flat is the exact reference)
+  B/vector  serialized index bytes per vector (the index's memory, without the Retriever's copy)
 The synthetic set: `--clusters` centres on the sphere with Zipf-like sizes; a point is its centre
 plus a low-rank offset (norm 0.4-0.9, in a shared 32-d subspace) plus small isotropic noise,
 then normalised, so neighbourhoods look more like embeddings (low intrinsic dimension) than
@@ -62,8 +66,9 @@ def machine_info() -> list[str]:
 
 
 def synthetic(n: int, dim: int, n_queries: int, clusters: int, seed: int = 0,
-              chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
-    """(n, dim) clustered unit vectors and (n_queries, dim) perturbed data points, float32."""
+              chunk: int = 100_000, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) clustered unit vectors and (n_queries, dim) perturbed data points, float32; each
+    row's cluster is written into `labels` (an (n,) int array) when one is given."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((clusters, dim)).astype(np.float32)
     centers /= np.linalg.norm(centers, axis=1, keepdims=True)
@@ -77,6 +82,8 @@ def synthetic(n: int, dim: int, n_queries: int, clusters: int, seed: int = 0,
         hi = min(n, lo + chunk)
         r = np.random.default_rng([seed, lo])
         c = r.choice(clusters, size=hi - lo, p=weights)
+        if labels is not None:
+            labels[lo:hi] = c
         block = centers[c]
         block += (r.standard_normal((hi - lo, rank), dtype=np.float32) * spread[c, None]) @ basis
         block += r.standard_normal((hi - lo, dim), dtype=np.float32) * np.float32(0.15 / np.sqrt(dim))
@@ -184,12 +191,12 @@ def run_ann(args) -> None:
           f"{faiss.omp_get_max_threads()} threads); recall@10 is against Flat's top 10 "
           f"(Flat vs numpy exact on 50 queries: {flat_check:.4f})")
     head = (f"   {'spec':<20} {'build s':>9} {'cpu-s':>7} {'QPS (batch)':>12} {'1-query ms':>11} {'(1 thread)':>10} "
-            f"{'R@10':>7} {'index MiB':>10}  knobs")
+            f"{'R@10':>7} {'index MiB':>10} {'B/vector':>9}  knobs")
     print(head)
     print("   " + "-" * (len(head) - 3))
     for spec, build_s, build_cpu, qps, lat_ms, lat1_ms, rec, mem_mb, knobs in rows:
         print(f"   {spec:<20} {build_s:9.1f} {build_cpu:7.0f} {qps:12,.0f} {lat_ms:11.3f} {lat1_ms:10.3f} "
-              f"{rec:7.4f} {mem_mb:10.0f}  {knobs}")
+              f"{rec:7.4f} {mem_mb:10.0f} {mem_mb * 2**20 / args.n:9.0f}  {knobs}")
     print(f"   (cpu-s: CPU seconds this process used during the build; with {os.cpu_count()} cores, cpu-s well "
           f"below {os.cpu_count()} x build s means other work on the machine took the cores)")
     print(f"   (1-query ms: median over up to 200 single-query searches, capped at 5 s per spec, with "

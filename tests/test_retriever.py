@@ -259,14 +259,14 @@ def test_nothing_matches_and_bad_filters(flat):
 def test_hnsw_filtered_search_uses_the_id_selector_and_agrees_with_brute_force(catalog, hnsw):
     rows, vectors, queries = catalog
     calls = []
-    original = hnsw._filtered_ann
+    original = hnsw.planner.ann_search
 
     def spy(*args):
         scores, ids = original(*args)
         calls.append(ids.shape[1])
         return scores, ids
 
-    hnsw._filtered_ann = spy
+    hnsw.planner.ann_search = spy
     found = expected = exact = total = 0
     for f in FILTERS:
         n_items = sum(matches(r, f) for r in rows)

@@ -25,6 +25,18 @@ class IndexConfig(StrictConfig):
     """IVF lists probed per query (recall vs speed)."""
     ef_search: int = Field(128, ge=1)
     """HNSW search beam width (recall vs speed)."""
+    filter_exact_share: float = Field(0.1, ge=0.0, le=1.0)
+    """A filtered search whose filter matches less than this share of the index scores only the
+    matching rows exactly (in place, no copy of the vectors); a broader one searches the ANN index
+    with a bitmap selector and raised effort (`mmray/index/planner.py`). Below ~10 %, HNSW misses
+    rows of a category far from the query unless its effort costs more than the exact scan
+    (measured in BENCHMARKS.md, "Filtered search")."""
+    filter_max_effort: int = Field(2048, ge=1)
+    """Cap on the raised HNSW `efSearch` / IVF `nprobe` of a filtered ANN search."""
+    filter_cache: int = Field(64, ge=0)
+    """Filter plans (matching rows, bitmap, FAISS selector) kept per loaded index, least recently
+    used dropped; a plan takes about N/8 bytes plus 8 per matching row (N more once a hybrid search
+    used it)."""
     embed_batch_size: int = Field(64, ge=1)
     """Rows per embedding batch."""
     embed_runtime: Literal["torch", "onnx", "onnx-int8"] = "onnx"

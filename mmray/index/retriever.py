@@ -1,8 +1,10 @@
 """Search over a built index: vector (FAISS), lexical (BM25), fused by reciprocal rank fusion,
 with metadata filters and variant collapsing.
 
-Filters are exact: when the ANN index cannot return k matching items, the search falls back to
-brute force over the matching rows, so k results come back whenever k matching items exist.
+Filters are exact: a `FilterPlanner` (mmray/index/planner.py) turns a filter into the matching rows
+and scores a selective filter's rows exactly, a broad one through the ANN index with a selector and
+raised search effort; when the ANN index cannot return k matching items, the search falls back to
+exact scoring of the matching rows, so k results come back whenever k matching items exist.
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mmray.config import IndexConfig
-from mmray.index.ann import exact_search, load_ann
+from mmray.index.ann import load_ann
 from mmray.index.facets import facet_values
 from mmray.index.filters import SearchFilters
 from mmray.index.lexical import LexicalIndex
+from mmray.index.planner import FilterPlan, FilterPlanner
 from mmray.storage import INDEX_KIND, ArtifactError, ArtifactStore, Version
 
 
@@ -42,7 +45,7 @@ class Retriever:
     """One loaded index version."""
 
     def __init__(self, folder: str, manifest: dict, ann: faiss.Index, vectors: np.ndarray, meta: dict,
-                 lexical: LexicalIndex, rrf_k: int):
+                 lexical: LexicalIndex, rrf_k: int, cfg: IndexConfig | None = None):
         self.folder, self.manifest, self.ann, self.vectors, self.lexical = folder, manifest, ann, vectors, lexical
         self.meta, self.rrf_k = meta, rrf_k
         self.version = manifest["version"]
@@ -50,8 +53,9 @@ class Retriever:
         self.rows_of_product: dict[str, list[int]] = {}
         for row, pid in enumerate(meta["product_id"]):
             self.rows_of_product.setdefault(pid, []).append(row)
-        self._everything = np.ones(len(vectors), dtype=bool)
-        self._everything.flags.writeable = False  # shared by every unfiltered search
+        cfg = cfg or IndexConfig()
+        self.planner = FilterPlanner(meta, ann, vectors, cfg.filter_exact_share, cfg.filter_max_effort,
+                                     cfg.filter_cache)
         self._facets: dict | None = None
 
     @classmethod
@@ -88,7 +92,7 @@ class Retriever:
         meta["available"] = np.array(table["available"], dtype=bool)
         for col in ("category", "gender", "color"):
             meta[f"{col}_lc"] = np.array([(v or "").lower() for v in table[col]], dtype=object)
-        return cls(folder, manifest, ann, vectors, meta, lexical, cfg.rrf_k)
+        return cls(folder, manifest, ann, vectors, meta, lexical, cfg.rrf_k, cfg)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -98,52 +102,37 @@ class Retriever:
                query_text: str | None = None, hybrid: bool = False, collapse: bool = True,
                exclude_rows: list[int] | None = None) -> list[Hit]:
         """Top-k items (or products, when `collapse`) for a query vector, optionally fused with BM25."""
-        unfiltered = filters is None or filters.is_empty()
-        mask = self._everything if unfiltered else filters.mask(self.meta)
+        plan = self.planner.plan(filters)
         if exclude_rows:
-            mask = mask.copy()
-            mask[exclude_rows] = False
-        n_match = len(mask) if unfiltered and not exclude_rows else int(np.count_nonzero(mask))
+            plan = self.planner.without(plan, exclude_rows)
+        n_match = plan.count
         if n_match == 0 or k <= 0:
             return []
         vector = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        unrestricted = n_match == len(mask)
         fetch = min(n_match, k * (4 if collapse else 1))
         while True:
-            vec_rows, vec_scores = self._vector_candidates(vector, mask, fetch, unrestricted)
-            ranked = self._fuse(vec_rows, vec_scores, query_text, mask, fetch) if hybrid and query_text \
+            vec_rows, vec_scores = self._vector_candidates(vector, plan, fetch)
+            if not collapse and not (hybrid and query_text):  # the plain vector ranking: hits in bulk
+                return self._hits(vec_rows[:k], vec_scores[:k])
+            ranked = self._fuse(vec_rows, vec_scores, query_text, plan.mask(), fetch) if hybrid and query_text \
                 else [(r, s, ("vector",)) for r, s in zip(vec_rows, vec_scores)]
             if collapse:
-                hits = self._collapse(ranked, mask, k, unrestricted)
+                hits = self._collapse(ranked, plan, k)
             else:
                 hits = [self._hit(r, s, src) for r, s, src in ranked[:k]]
             if len(hits) >= k or fetch >= n_match:
                 return hits[:k]
             fetch = min(n_match, fetch * 4)
 
-    def _vector_candidates(self, vector, mask, fetch, unrestricted) -> tuple[list[int], list[float]]:
-        if unrestricted:
-            scores, rows = self.ann.search(vector, fetch)
-        else:
-            scores, rows = self._filtered_ann(vector, mask, fetch)
-        rows, scores = rows[0], scores[0]
-        keep = rows >= 0
-        keep[keep] = mask[rows[keep]]
-        if int(np.count_nonzero(keep)) < fetch:  # the ANN index could not deliver: brute force over the matching rows
-            subset = np.flatnonzero(mask)
-            s, i = exact_search(self.vectors[subset], vector, fetch)
-            return subset[i[0]].tolist(), s[0].tolist()
-        return rows[keep].tolist(), scores[keep].tolist()
+    def _vector_candidates(self, vector, plan: FilterPlan, fetch) -> tuple[list[int], list[float]]:
+        scores, rows = self.planner.search(vector, plan, fetch)
+        return rows[0].tolist(), scores[0].tolist()
 
-    def _filtered_ann(self, vector, mask, fetch):
-        ids = np.flatnonzero(mask).astype(np.int64)
-        if isinstance(self.ann, faiss.IndexShards) or len(ids) < 4 * fetch:
-            return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)  # brute force is cheaper/exact
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
-        try:
-            return self.ann.search(vector, fetch, params=params)
-        except RuntimeError:
-            return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
+    def search_vectors(self, queries: np.ndarray, k: int = 10, filters: SearchFilters | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items of several query vectors under one filter, uncollapsed: (nq, k') scores and
+        rows, k' = min(k, matching rows), best first (the batch form of `search`'s vector part)."""
+        return self.planner.search(np.asarray(queries, dtype=np.float32), self.planner.plan(filters), k)
 
     def _fuse(self, vec_rows, vec_scores, query_text, mask, fetch):
         """Reciprocal rank fusion: score = sum over rankings of 1 / (rrf_k + rank), rank from 1."""
@@ -161,7 +150,7 @@ class Retriever:
                     entry[1] += (name,)
         return sorted(((r, s, src) for r, (s, src) in fused.items()), key=lambda t: (-t[1], t[0]))
 
-    def _collapse(self, ranked, mask: np.ndarray, k: int, unrestricted: bool) -> list[Hit]:
+    def _collapse(self, ranked, plan: FilterPlan, k: int) -> list[Hit]:
         """One hit per product (the first k products), its best-ranked item; `retrievers` joins
         every candidate row of the product; `variants` counts all of the product's items that pass
         the filters, not only those among the candidates."""
@@ -177,9 +166,18 @@ class Retriever:
         for pid, (row, score, sources) in best.items():
             hit = self._hit(row, score, sources)
             rows = self.rows_of_product[pid]
-            hit.variants = len(rows) if unrestricted else int(np.count_nonzero(mask[rows]))
+            hit.variants = len(rows) if plan.everything else int(np.count_nonzero(plan.contains(rows)))
             hits.append(hit)
         return hits
+
+    def _hits(self, rows: list[int], scores: list[float]) -> list[Hit]:
+        """`_hit` for a vector-only ranking, reading each metadata column once for all rows."""
+        meta, idx = self.meta, np.asarray(rows, dtype=np.int64)
+        ids, pids, titles, images = (meta[c][idx].tolist() for c in ("id", "product_id", "title", "image"))
+        prices = meta["price"][idx].tolist()
+        return [Hit(row=r, id=i, product_id=p, title=t, price=None if pr != pr else pr, score=sc,
+                    retrievers=["vector"], image=im)
+                for r, i, p, t, pr, sc, im in zip(rows, ids, pids, titles, prices, scores, images)]
 
     def _hit(self, row: int, score: float, sources) -> Hit:
         meta = self.meta
