@@ -434,6 +434,14 @@ def lite_native():
     return build_model(ModelConfig(kind="lite"))  # Lite0 at its own 224 px: what int8 calibration is for
 
 
+def _cpu_has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: assume a CPU where int8 is expected to pass
+    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def test_onnx_int8_towers_stay_close_to_torch(lite_native):
     """int8: the text tower quantised dynamically, the image tower statically (calibrated on the
     photos given): embeddings stay near torch's, and a text query's ranking of the photos keeps
@@ -446,8 +454,15 @@ def test_onnx_int8_towers_stay_close_to_torch(lite_native):
     photos = [Image.open(p) for p in shipped[5::16][:8]] + _photos(4, 224)  # others, and non-catalog ones
     reference = Embedder(lite_native)
     int8 = Embedder(lite_native, runtime="onnx-int8", calibration=reference.pixels(calibration_photos).numpy())
-    assert (int8.text_runtime, int8.image_runtime) == ("onnx-int8", "onnx-int8")
     text_cos = (int8.embed_texts(ONNX_TEXTS) * reference.embed_texts(ONNX_TEXTS)).sum(1)
+    assert int8.text_runtime == "onnx-int8" and text_cos.min() >= 0.95, text_cos
+    if int8.image_runtime == "onnx" and not _cpu_has_vnni():
+        # ONNX Runtime's u8s8 convolutions saturate on x86 CPUs without VNNI (its quantization docs say so):
+        # there the static int8 image tower fails its own check and the Embedder keeps fp32 (the fallback
+        # is tested below). Quantisation quality can only be judged on a CPU with VNNI.
+        np.testing.assert_allclose(int8.embed_images(photos), reference.embed_images(photos), atol=1e-4)
+        pytest.skip("int8 image tower: this CPU has no VNNI, the tower ran in fp32 after failing its check")
+    assert (int8.text_runtime, int8.image_runtime) == ("onnx-int8", "onnx-int8")
     image_cos = (int8.embed_images(photos) * reference.embed_images(photos)).sum(1)
     assert text_cos.min() >= 0.95 and image_cos.min() >= INT8_MIN_COSINE - 0.05, (text_cos, image_cos)
     q_ref, q_int8 = reference.embed_texts(["a cat"]), int8.embed_texts(["a cat"])
