@@ -169,6 +169,7 @@ def test_item_embedder_gives_text_only_items_their_text_vector():
     model = build_model(ModelConfig(kind="tiny", image_size=64, embed_dim=32), pretrained=False)
     embedder = ItemEmbedder.__new__(ItemEmbedder)  # the actor, with a model in hand instead of a checkpoint
     embedder.embedder, embedder.image_weight, embedder.text_tokens = Embedder(model), 0.5, 128
+    embedder.rerank_tokens = 0  # no reranker features (their own test: tests/test_rerank.py)
     items = _items(4, lambda k: k == 2)
     batch = {"id": np.array([it["id"] for it in items], dtype=object), "text": np.array([it["text"] for it in items]),
              "images": np.array([np.array(it["images"], dtype=object) for it in items], dtype=object)}
