@@ -28,7 +28,8 @@ from mmray.storage import ArtifactError
 
 
 def evaluate_index(cfg: MmrayConfig, version: str | None = None) -> dict:
-    """Held-out query metrics of index `version` (default: the current one), vector and hybrid."""
+    """Held-out query metrics of index `version` (default: the current one): BM25, vector, hybrid and, with a
+    reranker for this index, reranked."""
     from mmray.dataset import load_items
     from mmray.embedder import Embedder
     from mmray.evalset import build_queries, relevance_matrix
@@ -75,7 +76,38 @@ def evaluate_index(cfg: MmrayConfig, version: str | None = None) -> dict:
             for rank, hit in enumerate(hits):
                 scores[qi, column[hit.row]] = len(ids) - rank
         out[mode] = retrieval_report(scores, relevance, "query_", ks=(10,))
+    reranked = _reranked_scores(cfg, store, retriever, embedder, queries, vectors, ids, column, others)
+    if isinstance(reranked, str):
+        out["rerank_skipped"] = reranked
+    else:
+        out["reranked"] = retrieval_report(reranked, relevance, "query_", ks=(10,))
+        out["reranker"] = cfg.rerank.head
     return out
+
+
+def _reranked_scores(cfg: MmrayConfig, store, retriever, embedder, queries, vectors, ids, column, others):
+    """(Q, N held-out items) rank scores of the served path: hybrid's top `rerank.top_k` over the held-out
+    rows reordered by the current reranker, hybrid's order after them; or why there are none."""
+    if not cfg.rerank.enabled:
+        return "rerank.enabled is false"
+    from mmray.rerank.reranker import RerankerMismatch, RerankerPool
+
+    try:
+        reranker, features, facts = RerankerPool(store, cfg.rerank).get(retriever)
+    except RerankerMismatch as e:
+        return str(e)
+    scores = np.full((len(queries), len(ids)), -np.inf)
+    for qi, (query, vector) in enumerate(zip(queries, vectors)):
+        hits = retriever.search(vector, k=len(ids), query_text=query.text, hybrid=True, collapse=False,
+                                exclude_rows=others)
+        rows = [h.row for h in hits]
+        head = rows[:cfg.rerank.top_k]
+        if head:
+            order = reranker.rerank(embedder.model, query.text, head, retriever.vectors, features, facts).order
+            rows = [head[j] for j in order] + rows[len(head):]
+        for rank, row in enumerate(rows):
+            scores[qi, column[row]] = len(ids) - rank
+    return scores
 
 
 def format_evaluation(e: dict, trained: dict | None = None) -> str:
@@ -85,10 +117,12 @@ def format_evaluation(e: dict, trained: dict | None = None) -> str:
         return f"{head}\n  skipped: {e['query_skipped']}"
     lines = [head, f"  {'':<24}{'Recall@10':>9}  {'nDCG@10':>8}"]
     rows = [(f"{mode} search ({e['query_runtime']})" if mode == "vector" else f"{mode} search", e[mode])
-            for mode in ("bm25", "vector", "hybrid") if mode in e]
+            for mode in ("bm25", "vector", "hybrid", "reranked") if mode in e]
     if trained and "query_R@10" in trained:
         rows.append(("training's held-out", trained))
     lines += [f"  {name:<24}{m['query_R@10']:>9.3f}  {m['query_nDCG@10']:>8.3f}" for name, m in rows]
+    if e.get("rerank_skipped"):
+        lines.append(f"  reranked: not run ({e['rerank_skipped']})")
     return "\n".join(lines)
 
 

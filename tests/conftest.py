@@ -114,6 +114,33 @@ def ray_session():
 # --------------------------------------------------------------------------- images
 
 
+def deploy_app(cfg_path: str, port: int, name: str = "mmray", ready_s: float = 120) -> str:
+    """Start Serve on 127.0.0.1:`port`, run the app of `cfg_path` and wait for /readyz; its base URL.
+    Not ready in `ready_s`: Serve is shut down and the test fails with the last answer."""
+    import time
+
+    import httpx
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"config": str(cfg_path)}), name=name, route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    deadline, last = time.time() + ready_s, None
+    while time.time() < deadline:
+        try:
+            r = httpx.get(base + "/readyz", timeout=10)
+            if r.status_code == 200:
+                return base
+            last = r.text
+        except httpx.HTTPError as e:
+            last = repr(e)
+        time.sleep(0.5)
+    serve.shutdown()
+    pytest.fail(f"app not ready: {last}")
+
+
 def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0, quality: int = 90) -> bytes:
     """A noisy RGB JPEG (noise, so truncating it cuts real scan data)."""
     rng = np.random.default_rng(seed)

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import yaml
-from conftest import LUMA_CATALOG, publish_model
+from conftest import LUMA_CATALOG, deploy_app, publish_model
 
 _BUILT: dict[str, object] = {}
 
@@ -83,26 +81,9 @@ def serve_shop(tmp: Path):
     """Deploy the app; yields a ShopApp, shuts Serve down after."""
     from ray import serve
 
-    from deployments.app import build_app
-
     port = free_port()
     cfg_path, root, rows, version = build_artifacts(tmp, port)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"config": cfg_path}), name="mmray", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    deadline, last = time.time() + 120, None
-    while time.time() < deadline:
-        try:
-            r = httpx.get(base + "/readyz", timeout=10)
-            if r.status_code == 200:
-                break
-            last = r.text
-        except httpx.HTTPError as e:
-            last = repr(e)
-        time.sleep(0.5)
-    else:
-        serve.shutdown()
-        raise RuntimeError(f"app not ready: {last}")
+    base = deploy_app(cfg_path, port)
     try:
         yield ShopApp(base, cfg_path, root, rows, version)
     finally:

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import LUMA_CATALOG, luma_rows, publish_model
+from conftest import LUMA_CATALOG, deploy_app, luma_rows, publish_model
 from PIL import Image
 
 from mmray.config import CreativeConfig, DiffusionConfig, ModelConfig
@@ -290,13 +290,10 @@ def test_diffusion_with_real_weights_on_gpu(cfg):
 def small_app(tmp_path_factory, ray_session):
     """~12 Luma rows preprocessed at 64 px, an untrained tiny model, an index, the Serve app on loopback."""
     import socket
-    import time
 
-    import httpx
     import yaml
     from ray import serve
 
-    from deployments.app import build_app
     from mmray.config import load_config
     from mmray.index.build import build_index
     from mmray.model import build_model
@@ -326,20 +323,7 @@ def small_app(tmp_path_factory, ray_session):
     publish_model(ArtifactStore.from_config(cfg.storage),
                   build_model(ModelConfig(kind="tiny", image_size=64, embed_dim=32), pretrained=False))
     build_index(cfg)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"config": str(cfg_path)}), name="creatives", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=10).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        serve.shutdown()
-        pytest.fail("app not ready")
+    base = deploy_app(str(cfg_path), port, name="creatives")
     yield base, cfg, rows
     serve.shutdown()
 

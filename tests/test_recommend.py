@@ -173,10 +173,9 @@ def rec_app(tmp_path_factory, ray_session):
 
     import httpx
     import yaml
-    from conftest import LUMA_CATALOG, publish_model
+    from conftest import LUMA_CATALOG, deploy_app, publish_model
     from ray import serve
 
-    from deployments.app import build_app
     from mmray.config import ModelConfig, load_config
     from mmray.index.build import build_index
     from mmray.model import build_model
@@ -207,20 +206,7 @@ def rec_app(tmp_path_factory, ray_session):
     publish_model(ArtifactStore.from_config(cfg.storage),
                   build_model(ModelConfig(kind="tiny", image_size=64, embed_dim=32), pretrained=False))
     build_index(cfg)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"config": str(cfg_path)}), name="rec", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(base + "/readyz", timeout=10).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        serve.shutdown()
-        pytest.fail("app not ready")
+    base = deploy_app(str(cfg_path), port, name="rec")
     try:
         with httpx.Client(base_url=base, timeout=30) as client:
             yield client, rows, db

@@ -114,7 +114,7 @@ def test_evaluate_publishes_every_plot_and_the_figures_it_was_given(built, capsy
     assert t2i[f"model {older}"] == {k: _metrics(0.5)["held_out"][f"t2i_R@{k}"] for k in ("1", "5", "10")}
     assert t2i["baseline: untrained projections"]["10"] == _metrics(1.0)["untrained_projections"]["t2i_R@10"]
     assert [h["loss"] for h in data["training"]["history"]] == [3.0, 1.5, 1.0]
-    assert set(data["search"]["modes"]) == {"bm25", "vector", "hybrid"} and "no reranker" in data["search"]["reranked"]
+    assert set(data["search"]["modes"]) == {"bm25", "vector", "hybrid"} and "rerank.enabled is false" in data["search"]["reranked"]
     assert all(0.0 <= m[key] <= 1.0 for m in data["search"]["modes"].values() for key in ("R@10", "nDCG@10", "MRR"))
     assert data["recommendation"]["metrics"] == built["recs"]["metrics"]
     assert data["copy"]["metrics"] == built["copy"]["metrics"]

@@ -323,3 +323,18 @@ def test_reranker_for_another_model_is_refused_and_search_serves_unreranked(rank
             asyncio.run(service.search_text(query="black hoodie", k=5, rerank=True))
     finally:
         store.set_current(reranker_kind("cross_attention"), current.name)
+
+
+def test_evaluation_reports_the_reranked_mode_beside_hybrid(ranked_index):
+    """jobs.evaluate ranks the held-out queries as the app does with the reranker on; with it off it says why."""
+    from jobs.evaluate import evaluate_index, format_evaluation
+
+    cfg, _, _, _ = ranked_index
+    on = evaluate_index(cfg)
+    assert on["reranker"] == "cross_attention" and "rerank_skipped" not in on
+    assert set(on["reranked"]) == set(on["hybrid"])
+    assert all(0.0 <= on["reranked"][key] <= 1.0 for key in ("query_R@10", "query_nDCG@10", "query_MRR"))
+    assert "reranked search" in format_evaluation(on)
+    off = evaluate_index(cfg.model_copy(update={"rerank": cfg.rerank.model_copy(update={"enabled": False})}))
+    assert "reranked" not in off and off["rerank_skipped"] == "rerank.enabled is false"
+    assert off["hybrid"] == on["hybrid"]

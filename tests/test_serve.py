@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 import yaml
-from conftest import LUMA_CATALOG, publish_model
+from conftest import LUMA_CATALOG, deploy_app, publish_model
 from PIL import Image
 
 CAP = 2_000_000  # uploads
@@ -58,7 +58,6 @@ class App:
 def app(tmp_path_factory, ray_session):
     from ray import serve
 
-    from deployments.app import build_app
     from mmray.config import ModelConfig, load_config
     from mmray.index.build import build_index
     from mmray.model import build_model
@@ -92,22 +91,7 @@ def app(tmp_path_factory, ray_session):
     manifest = build_index(cfg)
     assert manifest["count"] == len(rows), report
 
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"config": str(cfg_path)}), name="mmray", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    deadline, last = time.time() + 120, None
-    while time.time() < deadline:
-        try:
-            r = httpx.get(base + "/readyz", timeout=10)
-            if r.status_code == 200:
-                break
-            last = r.text
-        except httpx.HTTPError as e:
-            last = repr(e)
-        time.sleep(0.5)
-    else:
-        serve.shutdown()
-        pytest.fail(f"app not ready: {last}")
+    base = deploy_app(str(cfg_path), port)
     yield App(base, cfg, str(cfg_path), str(root), rows, manifest["version"], model_version)
     serve.shutdown()
 

@@ -19,7 +19,7 @@ from mmray.storage import REPORT_KIND, ArtifactError, ArtifactStore, Version, mo
 
 log = logging.getLogger(__name__)
 KS = ("1", "5", "10")
-NO_RERANKER = "not run: no reranker is published yet (the reranker stage adds this column)"
+NO_RERANKER = "not run: no reranker was evaluated with this index (rerank.enabled and `python -m jobs.train_reranker`)"
 
 
 # --------------------------------------------------------------------------- retrieval and training
@@ -87,7 +87,10 @@ def search_section(evaluation: dict) -> dict:
     out = {"query_set": f"held-out queries ({evaluation['queries']} over {evaluation['test_items']} items)",
            "query_runtime": evaluation.get("query_runtime"), "modes": modes}
     if "reranked" not in modes:
-        out["reranked"] = NO_RERANKER
+        why = evaluation.get("rerank_skipped")
+        out["reranked"] = f"not run: {why}" if why else NO_RERANKER
+    else:
+        out["reranker"] = evaluation.get("reranker")
     return out
 
 
