@@ -218,7 +218,8 @@ def without_routes(page, shop) -> None:
 
     def absent(route):
         route.fulfill(status=404, body=missing.content, headers=dict(missing.headers))
-    for pattern in ("**/v1/events", "**/v1/recommendations", "**/v1/copy", re.compile(r"/v1/products/[^/]+/complements\?")):
+    for pattern in ("**/v1/events", "**/v1/recommendations", "**/v1/copy", "**/v1/creatives",
+                    re.compile(r"/v1/products/[^/]+/complements\?")):
         page.route(pattern, absent)
 
 
@@ -247,6 +248,10 @@ def test_product_view_similar_and_missing_features_switch_off(page, shop, api):
         page.click("#copy-button")
     assert copy.value.status == 404
     page.wait_for_selector("#copy-panel", state="hidden")
+    with page.expect_response(lambda r: r.url.endswith("/v1/creatives")) as made:
+        page.click("#creative-button")
+    assert made.value.status == 404
+    page.wait_for_selector("#creative-panel", state="hidden")
     assert page.locator("#pv-explain").is_hidden()  # no reranker: no explanation
     # Opening a similar product replaces the view; the missing routes are not asked again.
     asked = len([p for m, p, b in page.sent if "/complements" in p or p in ("/v1/events", "/v1/copy")])
@@ -254,7 +259,36 @@ def test_product_view_similar_and_missing_features_switch_off(page, shop, api):
         page.locator("#similar .card-open").first.click()
     assert page.text_content("#pv-title") == similar["results"][0]["title"]
     assert len([p for m, p, b in page.sent if "/complements" in p or p in ("/v1/events", "/v1/copy")]) == asked
-    assert page.locator("#copy-panel").is_hidden()
+    assert page.locator("#copy-panel").is_hidden() and page.locator("#creative-panel").is_hidden()
+
+
+def test_creatives_panel_shows_what_the_api_answers(page, shop, api):
+    open_page(page, shop)
+    search(page, "bag")
+    top = api.post("/v1/search", json={"query": "bag", "k": 24}).json()["results"][0]
+    with page.expect_response(lambda r: "/similar" in r.url):
+        page.locator("#results .card-open").first.click()
+    page.uncheck("#creative-form input[value='1080x1080']")
+    page.check("#creative-form input[value='300x250']")
+    with page.expect_response(lambda r: r.url.endswith("/v1/creatives")) as made:
+        page.click("#creative-button")
+    assert made.value.status == 200
+    answer = made.value.json()
+    assert sent_json(page, "/v1/creatives")[-1] == {"product_id": top["product_id"], "formats": ["1200x628", "300x250"],
+                                                    "with_copy": True}
+    assert [c["format"] for c in answer["creatives"]] == ["1200x628", "300x250"]
+    page.wait_for_selector("#creative-out figure.creative")
+    page.wait_for_function("[...document.querySelectorAll('#creative-out img')].every((i) => i.complete && i.naturalWidth)")
+    figures = page.locator("#creative-out figure.creative")
+    assert figures.count() == 2
+    for i, c in enumerate(answer["creatives"]):
+        img = figures.nth(i).locator("img")
+        assert img.get_attribute("src") == c["url"]
+        assert img.evaluate("(i) => [i.naturalWidth, i.naturalHeight]") == [c["width"], c["height"]]
+        assert ("checks passed" if c["passed"] else "a check failed") in figures.nth(i).text_content()
+        assert figures.nth(i).locator(".checks li").count() == len(c["checks"])
+    passed = sum(c["passed"] for c in answer["creatives"])
+    assert page.text_content("#creative-status") == f"{passed} of 2 passed their checks."
 
 
 def test_keyboard_only_and_phone_width(browser, shop, api):

@@ -3,7 +3,7 @@
 // Catalog text (titles, ids, descriptions, copy) and server messages reach the page only as text
 // (DOM nodes, textContent, setAttribute), never as markup: a title "<img onerror=...>" shows as
 // those characters. Ids go into URLs through encodeURIComponent; images only from same-origin paths.
-// Optional panels (events, recommendations, complements, copy) switch themselves off for the visit
+// Optional panels (events, recommendations, complements, copy, creatives) switch themselves off for the visit
 // when their route answers 404 (an app without that feature).
 "use strict";
 
@@ -246,6 +246,7 @@ async function openProduct(r, opener) {
   setPhoto(r.image_url, true);
   showExplanation(r);
   resetCopy();
+  resetCreatives();
   if (!dialog.open) dialog.showModal();
   $("pv-close").focus();
   dialog.scrollTop = 0;
@@ -459,6 +460,55 @@ function copyVariant(v) {
   return node;
 }
 
+// ------------------------------------------------------------------ ad creatives
+
+function resetCreatives() {
+  $("creative-panel").hidden = !!state.off.creatives;
+  $("creative-out").replaceChildren();
+  $("creative-status").textContent = "";
+  $("creative-button").disabled = false;
+}
+
+async function makeCreatives() {
+  const r = state.current;
+  if (!r) return;
+  const formats = [...document.querySelectorAll("#creative-form input[name=format]:checked")].map((i) => i.value);
+  if (!formats.length) { $("creative-status").textContent = "Pick at least one format."; return; }
+  $("creative-button").disabled = true;
+  $("creative-status").textContent = "Composing\u2026";
+  const res = await api("POST", "/v1/creatives", {product_id: String(r.product_id), formats, with_copy: true});
+  $("creative-button").disabled = false;
+  if (state.current !== r) return;
+  if (!res.ok) {
+    if (switchOff("creatives", res)) {
+      $("creative-status").textContent = "";
+      $("creative-panel").hidden = true;
+      return;
+    }
+    $("creative-status").textContent = describe(res);
+    return;
+  }
+  const list = res.data.creatives || [];
+  const passed = list.filter((c) => c.passed).length;
+  $("creative-status").textContent = passed + " of " + list.length + " passed their checks.";
+  $("creative-out").replaceChildren(...list.map(creativeFigure));
+}
+
+function creativeFigure(c) {
+  const src = localPath(c.url);
+  const photo = src ? el("img", {src, alt: "creative " + String(c.format), width: c.width, height: c.height, loading: "lazy"})
+                    : el("span", {class: "nophoto"}, "no image");
+  const checks = Object.entries(c.checks || {}).map(([name, v]) => {
+    const verdict = v && v.passed === true ? "passed" : v && v.passed === false ? "failed" : "skipped";
+    return el("li", {class: "check " + verdict}, String(name) + ": " + verdict);
+  });
+  return el("figure", {class: "creative " + (c.passed ? "passed" : "failed")},
+    src ? el("a", {href: src, target: "_blank", rel: "noopener"}, photo) : photo,
+    el("figcaption", {}, el("strong", {}, String(c.format)), " ",
+       el("span", {class: "verdict " + (c.passed ? "pass" : "fail")}, c.passed ? "\u2713 checks passed" : "\u2717 a check failed"),
+       el("ul", {class: "checks", "aria-label": "checks"}, ...checks)));
+}
+
 // ------------------------------------------------------------------ wiring
 
 function firstImage(list) {
@@ -507,6 +557,7 @@ function init() {
     $("pv-attention").hidden = !(on && $("pv-attention").dataset.allowed);
   });
   $("copy-form").addEventListener("submit", (e) => { e.preventDefault(); writeCopy(); });
+  $("creative-form").addEventListener("submit", (e) => { e.preventDefault(); makeCreatives(); });
   loadFacets(0);
   $("q").focus();
 }
