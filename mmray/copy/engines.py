@@ -67,6 +67,18 @@ def load_default_lm(store, dtype):
     return model, tok
 
 
+def default_lm_folder(store) -> str:
+    """A local folder holding the shipped SmolLM2 as safetensors (what vLLM and transformers load),
+    converted from the package's GGUF and published on first use."""
+    if store.current(SMOLLM2_KIND) is None:
+        import torch
+
+        load_default_lm(store, torch.float32)
+        if store.current(SMOLLM2_KIND) is None:
+            raise EngineError(f"could not publish {SMOLLM2_KIND} (read-only store?); set copy.vllm.model_source")
+    return store.resolve(SMOLLM2_KIND).local_dir()
+
+
 class TransformersEngine:
     name = "transformers"
 
@@ -167,6 +179,10 @@ def vllm_llm_config(cfg: CopyConfig) -> dict:
     }
     if v.accelerator_type:
         out["accelerator_type"] = v.accelerator_type
+    if v.accelerator == "cpu":
+        out["accelerator_config"] = {"kind": "cpu"}
+    if v.runtime_env:
+        out["runtime_env"] = dict(v.runtime_env)
     return out
 
 
@@ -176,7 +192,9 @@ def build_vllm_app(cfg: CopyConfig):
         from ray.serve.llm import LLMConfig, build_openai_app
     except ImportError as e:
         raise EngineError(f"the vllm engine needs ray[llm] with vLLM (make llm-env): {e}") from None
-    return build_openai_app({"llm_configs": [LLMConfig(**vllm_llm_config(cfg))]})
+    return build_openai_app({"llm_configs": [LLMConfig(**vllm_llm_config(cfg))],
+                             "ingress_deployment_config": {
+                                 "ray_actor_options": {"num_cpus": cfg.vllm.ingress_num_cpus}}})
 
 
 # --------------------------------------------------------------------------- grounded
