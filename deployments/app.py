@@ -167,7 +167,7 @@ class RecommendRequest(BaseModel):
     context_product_id: str | None = None
 
 
-def _recommend_service(cfg: RecommendConfig | None, colocated: bool):
+def _recommend_service(cfg: RecommendConfig | None, colocated: bool, store: ArtifactStore | None = None):
     """(service, None) or (None, why the recommendation routes answer 501)."""
     if cfg is None:
         return None, "recommendations are not configured on this app"
@@ -176,7 +176,7 @@ def _recommend_service(cfg: RecommendConfig | None, colocated: bool):
     from mmray.recommend.service import RecommendService
 
     try:
-        return RecommendService.from_config(cfg), None
+        return RecommendService.from_config(cfg, store), None
     except Exception as e:  # noqa: BLE001 - a bad store or key switches these routes off, not the whole app
         logging.getLogger("mmray.recommend").error("event store unavailable: %s: %s", type(e).__name__, e)
         return None, f"the event store is unavailable ({type(e).__name__}: {e})"[:300]
@@ -197,7 +197,7 @@ class Ingress:
                  recommend_cfg: RecommendConfig | None = None, rerank_cfg: RerankConfig | None = None):
         self.cfg = cfg
         self.copy = CopyService(store, copy_cfg or CopyConfig(), cfg.port)  # /v1/copy; engines load on first use
-        self.recommend, self.recommend_error = _recommend_service(recommend_cfg, colocated=embedder is None)
+        self.recommend, self.recommend_error = _recommend_service(recommend_cfg, colocated=embedder is None, store=store)
         if embedder is None or retriever is None:
             indexes = IndexPool(store, index_cfg, retry_base_s=cfg.reload_poll_s, on_loaded=record_index_loaded,
                                 on_error=record_index_load_error)

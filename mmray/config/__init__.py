@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from mmray.config.base import StrictConfig
 from mmray.config.creative import CreativeConfig, DiffusionConfig, FormatConfig
 from mmray.config.data import CaptionConfig, DataConfig
-from mmray.config.extras import CopyConfig, RecommendConfig, RerankConfig
+from mmray.config.extras import CopyConfig, RecommendConfig, RerankConfig, SasrecConfig
 from mmray.config.index import IndexConfig
 from mmray.config.jobs import JobsConfig
 from mmray.config.model import ModelConfig
@@ -30,7 +30,7 @@ from mmray.config.train import TrainConfig
 
 __all__ = [
     "CaptionConfig", "ConfigError", "CopyConfig", "DataConfig", "DeploymentConfig", "IndexConfig",
-    "JobsConfig", "MmrayConfig", "ModelConfig", "RecommendConfig", "ReportConfig", "RerankConfig", "ServeConfig",
+    "JobsConfig", "MmrayConfig", "ModelConfig", "RecommendConfig", "ReportConfig", "RerankConfig", "SasrecConfig", "ServeConfig",
     "StorageConfig",
     "TrainConfig", "load_config",
 ]

@@ -46,6 +46,39 @@ class RerankConfig(StrictConfig):
     """Seed of the head's initialisation, the query sampling and the shuffling."""
 
 
+class SasrecConfig(StrictConfig):
+    """The trained sequence ranker (`mmray.recommend.sasrec`, `jobs.train_recommender`): causal self-attention
+    over the history's item embeddings, each item embedding a projection of its multimodal item vector plus a
+    learned offset (zero for items not seen in training, so new items are scored from their vector alone)."""
+
+    dim: int = Field(64, ge=8)
+    """Width of the item embeddings and of the transformer."""
+    layers: int = Field(2, ge=1)
+    """Transformer encoder layers."""
+    heads: int = Field(2, ge=1)
+    """Attention heads (must divide `dim`)."""
+    max_len: int = Field(50, ge=2)
+    """Newest history items the model reads (older ones are dropped)."""
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    """Dropout in the transformer and on the input embeddings (training only)."""
+    item_offsets: bool = True
+    """Learn a per-item offset on top of the projected vector for items seen in training (zero-initialised)."""
+    epochs: int = Field(30, ge=1)
+    """Passes over the training sequences."""
+    lr: float = Field(2e-3, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = Field(1e-4, ge=0)
+    """AdamW weight decay."""
+    batch_size: int = Field(64, ge=1)
+    """Sequences per training step."""
+    min_events: int = Field(2, ge=2)
+    """Users with fewer events than this give no training sequence."""
+    num_workers: int = Field(1, ge=1)
+    """Ray Train workers of `jobs.train_recommender` (the model is small: one is enough on a laptop)."""
+    seed: int = 0
+    """Seed of the initialisation and the shuffling."""
+
+
 class RecommendConfig(StrictConfig):
     """Personalised and similar-item recommendation."""
 
@@ -80,6 +113,12 @@ class RecommendConfig(StrictConfig):
     links: str | None = "data/luma/links.jsonl"
     """Merchant links (JSONL source/target/type) whose cross-sells teach the category rules of "goes with";
     missing file: no rules (nearest items of another category)."""
+    ranker: Literal["user_vector", "sasrec"] = "user_vector"
+    """What ranks personalised recommendations: `user_vector` (no training) or `sasrec`, the sequence model
+    published by `jobs.train_recommender`. Without a published model, or with one trained on item vectors of
+    another model or width, `sasrec` falls back to the user vector (the reason is logged)."""
+    sasrec: SasrecConfig = SasrecConfig()
+    """The sequence model's shape and training."""
 
 
 # The copy section has its own file (mmray/config/copy.py); re-exported here for mmray.config.

@@ -217,6 +217,17 @@ class EventStore:
         with self.engine.connect() as conn:
             return [Event(r.item_id, r.type, r.ts) for r in conn.execute(q)]
 
+    def sequences(self, now: float | None = None) -> list[list[str]]:
+        """Every user's item ids within retention, oldest first (one list per pseudonymous user; the training
+        sequences of `jobs.train_recommender`)."""
+        t = events_table.c
+        q = select(t.user_key, t.item_id).where(t.ts >= self._horizon(now)).order_by(t.user_key, t.ts, t.id)
+        out: dict[str, list[str]] = {}
+        with self.engine.connect() as conn:
+            for user, item in conn.execute(q):
+                out.setdefault(user, []).append(item)
+        return list(out.values())
+
     def count(self, user_id: str | None = None, now: float | None = None, within_retention: bool = False) -> int:
         t = events_table.c
         q = select(func.count()).select_from(events_table)

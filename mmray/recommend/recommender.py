@@ -52,7 +52,8 @@ class HistoryEvent:
 class ItemSpace:
     """Unit item vectors (N, d) and their metadata columns (`id`, `product_id`, `title`, `category`, ...)."""
 
-    def __init__(self, vectors: np.ndarray, meta: dict):
+    def __init__(self, vectors: np.ndarray, meta: dict, source: dict | None = None):
+        self.source = source or {}  # what made the vectors: {"model_version", "index"} where known
         v = np.asarray(vectors, dtype=np.float32)
         self.vectors = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
         self.meta = meta
@@ -68,7 +69,8 @@ class ItemSpace:
 
     @classmethod
     def from_retriever(cls, retriever) -> ItemSpace:
-        return cls(retriever.vectors, retriever.meta)
+        return cls(retriever.vectors, retriever.meta, {"model_version": retriever.manifest.get("model_version"),
+                                                       "index": retriever.version})
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -198,17 +200,31 @@ class CategoryRules:
 
 
 class Recommender:
-    """User-vector recommendations and complements over one `ItemSpace`."""
+    """Personalised recommendations (user vector, or the trained sequence model by `recommend.ranker`) and
+    complements over one `ItemSpace`."""
 
-    def __init__(self, space: ItemSpace, cfg: RecommendConfig, rules: CategoryRules | None = None):
+    def __init__(self, space: ItemSpace, cfg: RecommendConfig, rules: CategoryRules | None = None,
+                 sequence=None, sequence_missing: str | None = None):
+        """`sequence`: a `mmray.recommend.sasrec.SequenceRanker`, used when `cfg.ranker` is `sasrec` and it
+        matches the item vectors; else the user vector ranks, and `fallback` says why."""
         self.space, self.cfg = space, cfg
         self.rules = rules or CategoryRules({})
+        self.sequence, self.fallback = None, None
+        if cfg.ranker == "sasrec":
+            why = sequence_missing or ("no sequence model given" if sequence is None else sequence.mismatch(space))
+            if why:
+                self.fallback = why
+                log.warning("recommend.ranker is sasrec, ranking by the user vector instead: %s", why)
+            else:
+                self.sequence = sequence
+        self.ranker = "sasrec" if self.sequence is not None else "user_vector"
 
     # ------------------------------------------------------------------ personalised
     def recommend(self, history: Sequence[HistoryEvent], k: int = 10, filters: SearchFilters | None = None,
                   context_product_id: str | None = None, popularity: dict[str, float] | None = None,
                   now: float | None = None) -> tuple[list[Rec], str]:
-        """(results, source): source `user_vector`, or `popular` when the history gives no vector."""
+        """(results, source): source `user_vector` or `sasrec` (`self.ranker`), or `popular` when the history
+        gives no vector. Explanations come from the user vector's contributions either way."""
         space = self.space
         allowed = space.mask(filters)
         allowed = allowed.copy()
@@ -220,9 +236,16 @@ class Recommender:
         u, weights, kinds = user_vector(space, history, self.cfg, now)
         if u is None:
             return self.popular(k, allowed, context_product_id, popularity or {}), "popular"
-        scores = space.vectors @ u
+        source, scores = "user_vector", space.vectors @ u
+        if self.sequence is not None:
+            seq = self.sequence.scores(space, [e.item_id for e in reversed(history)])
+            if seq is not None:
+                source, scores = "sasrec", seq
         pool = best_per_product(space, scores, allowed, max(5 * k, 50))
-        picked = [pool[i] for i in mmr(pool, scores[pool], space.vectors, k, self.cfg.diversity)]
+        rel = scores[pool]
+        if source == "sasrec" and len(pool):  # logits: onto [0, 1] over the pool, the scale MMR's penalty has
+            rel = (rel - rel.min()) / max(float(rel.max() - rel.min()), 1e-12)
+        picked = [pool[i] for i in mmr(pool, rel, space.vectors, k, self.cfg.diversity)]
         hist_rows = list(weights)
         hist_vecs = space.vectors[hist_rows]
         hist_w = np.array([weights[r] for r in hist_rows])
@@ -231,8 +254,8 @@ class Recommender:
             contrib = hist_w * (hist_vecs @ space.vectors[row])
             top = [i for i in np.argsort(-contrib, kind="stable")[: self.cfg.explain_top] if contrib[i] > 0]
             out.append(Rec(row, float(scores[row]), [(hist_rows[i], kinds.get(hist_rows[i], "view")) for i in top],
-                           "user_vector"))
-        return out, "user_vector"
+                           source))
+        return out, source
 
     def popular(self, k: int, allowed: np.ndarray, context_product_id: str | None,
                 popularity: dict[str, float]) -> list[Rec]:

@@ -15,21 +15,29 @@ from mmray.recommend.recommender import VERBS, CategoryRules, HistoryEvent, Item
 
 
 class RecommendService:
-    def __init__(self, store: EventStore, cfg: RecommendConfig):
-        self.store, self.cfg = store, cfg
+    def __init__(self, store: EventStore, cfg: RecommendConfig, artifacts=None):
+        """`artifacts`: the `ArtifactStore` the sequence model is read from (`recommend.ranker: sasrec`)."""
+        self.store, self.cfg, self.artifacts = store, cfg, artifacts
         self._lock = threading.Lock()
         self._cached: tuple[str, Recommender] | None = None
 
     @classmethod
-    def from_config(cls, cfg: RecommendConfig) -> RecommendService:
-        return cls(EventStore.from_config(cfg), cfg)
+    def from_config(cls, cfg: RecommendConfig, artifacts=None) -> RecommendService:
+        return cls(EventStore.from_config(cfg), cfg, artifacts)
 
     def recommender(self, retriever) -> Recommender:
-        """The recommender over `retriever`'s index version (built once per version)."""
+        """The recommender over `retriever`'s index version (built once per version; with `ranker: sasrec`
+        the sequence model current then is loaded with it)."""
         with self._lock:
             if self._cached is None or self._cached[0] != retriever.version:
                 space = ItemSpace.from_retriever(retriever)
-                self._cached = (retriever.version, Recommender(space, self.cfg, CategoryRules.from_file(self.cfg.links, space)))
+                sequence, why = None, None
+                if self.cfg.ranker == "sasrec":
+                    from mmray.recommend.sasrec import load_sequence_ranker
+
+                    sequence, why = load_sequence_ranker(self.artifacts, space)
+                self._cached = (retriever.version, Recommender(space, self.cfg, CategoryRules.from_file(self.cfg.links, space),
+                                                               sequence, why))
             return self._cached[1]
 
     # ------------------------------------------------------------------ events
