@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         init_ray()
         # The OpenAI routes go through Serve's HTTP proxy (direct ingress is for the search app's replicas).
         port = args.port or cfg.serve.port
-        serve.start(http_options=http_options(cfg.serve.model_copy(update={"direct_ingress": False, "port": port})))
+        # The proxy waits at least as long as the Copywriter's client does (a generation takes seconds).
+        options = http_options(cfg.serve.model_copy(update={"direct_ingress": False, "port": port}))
+        options["request_timeout_s"] = max(options["request_timeout_s"], copy_cfg.openai.timeout_s)
+        serve.start(http_options=options)
         prefix = copy_cfg.vllm.route_prefix.rstrip("/")
         print(f"loading {copy_cfg.vllm.model_source} as {copy_cfg.vllm.model_id!r} (vLLM starts in about a minute on CPU)",
               flush=True)

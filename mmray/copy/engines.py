@@ -135,13 +135,14 @@ class OpenAIEngine:
         self.model = model or cfg.model
         if not self.model:
             raise EngineError("the openai engine needs copy.model (the endpoint's model name)")
+        self.json_mode = o.json_mode
         self.client = openai.OpenAI(base_url=url, api_key=os.environ.get(o.api_key_env) or "none",
                                     timeout=o.timeout_s, max_retries=1)
 
     def complete(self, messages: list[dict], *, n: int, seed: int, prefill: str = "") -> list[str]:
         import openai
 
-        extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.cfg.openai.json_mode else {}
+        extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.json_mode else {}
         outs = []
         for i in range(n):
             try:
@@ -163,6 +164,7 @@ class VllmEngine(OpenAIEngine):
         v = cfg.vllm
         url = os.environ.get(v.base_url_env) or f"http://127.0.0.1:{serve_port}{v.route_prefix.rstrip('/')}/v1"
         super().__init__(cfg, base_url=url, model=v.model_id)
+        self.json_mode = v.json_mode
 
 
 def vllm_llm_config(cfg: CopyConfig) -> dict:
