@@ -63,7 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ready: model {copy_cfg.vllm.model_id!r} at http://{cfg.serve.host}:{port}{prefix}/v1", flush=True)
         while not stop.wait(1.0):  # wake up now and then so signals are handled promptly
             pass
-        serve.delete(args.name)
+        # vLLM's replica can take minutes to stop (or hang) in serve.delete; bound the wait. A local
+        # Ray started here goes with this process anyway.
+        print(f"stopping {args.name}", flush=True)
+        deleting = threading.Thread(target=serve.delete, args=(args.name,), daemon=True)
+        deleting.start()
+        deleting.join(timeout=30)
+        if deleting.is_alive():
+            print(f"warning: {args.name} was still stopping after 30 s; leaving it to Ray", flush=True)
         return 0
 
     return run_job(body, (ConfigError, ArtifactError, FileNotFoundError, ValueError))
