@@ -30,12 +30,9 @@ def merchant_similarity(pairs: list[tuple[str, str]]) -> float:
     """Mean cosine between each output and the merchant's description (pretrained MiniLM tower features)."""
     if not pairs:
         return float("nan")
-    from mmray.config import ModelConfig
-    from mmray.embedder import Embedder
-    from mmray.model.factory import build_model
+    from mmray.embedder import pretrained_text_features
 
-    model = build_model(ModelConfig(kind="lite", text_tower="minilm"), pretrained=True)
-    feats = Embedder(model, batch_size=32).text_features([t for pair in pairs for t in pair]).numpy()
+    feats = pretrained_text_features([t for pair in pairs for t in pair], batch_size=32)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     return float(np.mean(np.sum(feats[0::2] * feats[1::2], axis=1)))
 

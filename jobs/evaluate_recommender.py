@@ -35,16 +35,10 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def text_vectors(texts: list[str]) -> np.ndarray:
-    """Pretrained MiniLM tower features of `texts` (unique texts embedded once)."""
-    from mmray.config import ModelConfig
-    from mmray.embedder import Embedder
-    from mmray.model.factory import build_model
+    """Pretrained MiniLM tower features of `texts` (no trained model exists for these data sets)."""
+    from mmray.embedder import pretrained_text_features
 
-    model = build_model(ModelConfig(kind="lite", text_tower="minilm"), pretrained=True)
-    uniq = list(dict.fromkeys(texts))
-    feats = Embedder(model, batch_size=64).text_features(uniq).numpy()
-    at = {t: i for i, t in enumerate(uniq)}
-    return feats[[at[t] for t in texts]]
+    return pretrained_text_features(texts)
 
 
 def evaluate_baskets(retail_dir: str, rcfg, max_customers: int | None = None) -> dict:

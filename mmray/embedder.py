@@ -107,3 +107,17 @@ def item_image_vectors(image_vecs: np.ndarray, owner: np.ndarray, n_items: int) 
     sums = np.zeros((n_items, image_vecs.shape[1]), dtype=np.float32)
     np.add.at(sums, owner, image_vecs)
     return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+
+
+def pretrained_text_features(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Features of `texts` from the pretrained MiniLM text tower (mean-pooled, before any trained
+    projection head), each distinct text embedded once: for measuring text similarity and for item
+    vectors where no trained model exists."""
+    from mmray.config import ModelConfig
+    from mmray.model.factory import build_model
+
+    model = build_model(ModelConfig(kind="lite", text_tower="minilm"), pretrained=True)
+    uniq = list(dict.fromkeys(texts))
+    feats = Embedder(model, batch_size=batch_size).text_features(uniq).numpy()
+    at = {t: i for i, t in enumerate(uniq)}
+    return feats[[at[t] for t in texts]]

@@ -124,7 +124,8 @@ class OpenAIEngine:
 
     name = "openai"
 
-    def __init__(self, cfg: CopyConfig, base_url: str | None = None, model: str | None = None):
+    def __init__(self, cfg: CopyConfig, base_url: str | None = None, model: str | None = None,
+                 json_mode: bool | None = None):
         import openai
 
         self.cfg = cfg
@@ -135,7 +136,7 @@ class OpenAIEngine:
         self.model = model or cfg.model
         if not self.model:
             raise EngineError("the openai engine needs copy.model (the endpoint's model name)")
-        self.json_mode = o.json_mode
+        self.json_mode = o.json_mode if json_mode is None else json_mode
         self.client = openai.OpenAI(base_url=url, api_key=os.environ.get(o.api_key_env) or "none",
                                     timeout=o.timeout_s, max_retries=1)
 
@@ -163,8 +164,7 @@ class VllmEngine(OpenAIEngine):
     def __init__(self, cfg: CopyConfig, serve_port: int = 8000):
         v = cfg.vllm
         url = os.environ.get(v.base_url_env) or f"http://127.0.0.1:{serve_port}{v.route_prefix.rstrip('/')}/v1"
-        super().__init__(cfg, base_url=url, model=v.model_id)
-        self.json_mode = v.json_mode
+        super().__init__(cfg, base_url=url, model=v.model_id, json_mode=v.json_mode)
 
 
 def vllm_llm_config(cfg: CopyConfig) -> dict:

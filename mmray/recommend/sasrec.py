@@ -165,11 +165,12 @@ class SequenceRanker:
     def mismatch(self, space) -> str | None:
         """Why this model cannot rank `space` (None: it can)."""
         want, have = self.info["item_vectors"], item_vectors_info(space)
+        name = self.version or "the sequence model"
         if want["dim"] != have["dim"]:
-            return f"trained on {want['dim']}-d item vectors, the index has {have['dim']}-d ones"
+            return f"{name} was trained on {want['dim']}-d item vectors, the index has {have['dim']}-d ones"
         if want.get("model_version") and want["model_version"] != have.get("model_version"):
-            return (f"trained on item vectors of model {want['model_version']}, the index was built with "
-                    f"{have.get('model_version')}")
+            return (f"{name} was trained on item vectors of model {want['model_version']}, the index was built "
+                    f"with {have.get('model_version')}")
         return None
 
     def table(self, space) -> torch.Tensor:
@@ -198,8 +199,9 @@ class SequenceRanker:
             return (table @ state).numpy()
 
 
-def load_sequence_ranker(store, space) -> tuple[SequenceRanker | None, str | None]:
-    """(the current published model, None) or (None, why not) for ranking `space`."""
+def load_sequence_ranker(store) -> tuple[SequenceRanker | None, str | None]:
+    """(the current published model, None) or (None, why it could not be loaded); whether it matches
+    `space` is the Recommender's check (`SequenceRanker.mismatch`)."""
     try:
         if store is None:
             return None, "no artifact store"
@@ -209,8 +211,7 @@ def load_sequence_ranker(store, space) -> tuple[SequenceRanker | None, str | Non
         ranker = SequenceRanker.from_folder(store.local_dir(version), version.ref)
     except Exception as e:  # noqa: BLE001 - a broken artifact means the user vector, not an error page
         return None, f"the published {SASREC_KIND} could not be loaded ({type(e).__name__}: {e})"
-    why = ranker.mismatch(space)
-    return (None, f"{version.ref} does not match the item vectors: {why}") if why else (ranker, None)
+    return ranker, None
 
 
 def save_model(folder: str, model: SASRec, info: dict, item_ids: Sequence[str]) -> None:

@@ -35,7 +35,7 @@ class RecommendService:
                 if self.cfg.ranker == "sasrec":
                     from mmray.recommend.sasrec import load_sequence_ranker
 
-                    sequence, why = load_sequence_ranker(self.artifacts, space)
+                    sequence, why = load_sequence_ranker(self.artifacts)
                 self._cached = (retriever.version, Recommender(space, self.cfg, CategoryRules.from_file(self.cfg.links, space),
                                                                sequence, why))
             return self._cached[1]
