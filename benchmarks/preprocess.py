@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--images must be >= 1")
 
     from mmray.config import load_config
-    from mmray.runtime import init_ray
+    from mmray.runtime import init_ray, joins_cluster
 
     load0 = os.getloadavg()
     catalog = ensure_image_set(Path(args.cache), args.images, args.size, workers=max(1, os.cpu_count() or 1))
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
              for line in catalog.read_text(encoding="utf-8").splitlines() if line.strip()]
     mb = sum(os.path.getsize(p) for p in paths) / 1e6
 
-    if not os.environ.get("RAY_ADDRESS"):  # a local Ray starts here: its workers compete on the loop's terms
+    if not joins_cluster():  # a local Ray starts here: its workers compete on the loop's terms
         os.environ.setdefault("RAY_worker_niceness", str(args.worker_niceness))
     init_ray(num_cpus=args.cpus)
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per execution otherwise

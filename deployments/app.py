@@ -37,7 +37,7 @@ from deployments.api import (
 )
 from deployments.metrics import HttpMetrics, record_index_load_error, record_index_loaded
 from deployments.pages import PAGE_CSP, REPORT_CSP, ReportPages, StaticPages
-from deployments.replicas import EmbedderDeployment, HandleBackend, RetrieverDeployment, poll_forever
+from deployments.replicas import EmbedderDeployment, HandleBackend, RerankerDeployment, RetrieverDeployment, poll_forever
 from deployments.security import install_security
 from mmray.config import (
     CopyConfig,
@@ -193,7 +193,7 @@ class Ingress:
 
     def __init__(self, cfg: ServeConfig, index_cfg: IndexConfig, store: ArtifactStore,
                  embedder: DeploymentHandle | None = None, retriever: DeploymentHandle | None = None,
-                 creative: CreativeConfig | None = None, copy_cfg: CopyConfig | None = None,
+                 reranker: DeploymentHandle | None = None, creative: CreativeConfig | None = None, copy_cfg: CopyConfig | None = None,
                  recommend_cfg: RecommendConfig | None = None, rerank_cfg: RerankConfig | None = None):
         self.cfg = cfg
         self.copy = CopyService(store, copy_cfg or CopyConfig(), cfg.port)  # /v1/copy; engines load on first use
@@ -205,8 +205,8 @@ class Ingress:
             self._poller = asyncio.get_event_loop().create_task(poll_forever(indexes, cfg.reload_poll_s))
             models = ModelPool(store, index_cfg.embed_batch_size, index_cfg.query_runtime)
             backend = LocalBackend(indexes, models, index_cfg.search_threads, reranker_pool(store, rerank_cfg))
-        else:  # the split graph does not rerank yet: its searches answer `reranked: false`
-            backend = HandleBackend(embedder, retriever)
+        else:  # the split graph: reranked searches go to the Reranker deployment (when rerank.enabled)
+            backend = HandleBackend(embedder, retriever, reranker)
         self.service = SearchService(backend, index_cfg, rerank=rerank_cfg)
         self.creatives = CreativeService(creative or CreativeConfig(), store, self.service)
         self.pages, self.report_pages = StaticPages(), ReportPages(store)  # the shop page and /report
@@ -312,13 +312,17 @@ class Ingress:
     @api.post("/v1/search/image", response_model=SearchResponse, summary="Search by photo (multipart upload)")
     async def search_image(self, image: UploadFile = File(...), k: int = Form(10, ge=1),
                            filters: str | None = Form(None, description="JSON object of filters"),
-                           collapse: bool = Form(True)):
+                           collapse: bool = Form(True),
+                           rerank: bool | None = Form(None, description="Image search is never reranked (the reranker "
+                                                      "reads query text); true answers 409 rerank_unavailable")):
         self.check_k(k)
         parsed = parse_filters(filters)
 
         async def work():
+            if rerank:  # refused before the upload is decoded
+                return await self.service.search_image(image=b"", rerank=True)
             data = await self.read_image(image)
-            return await self.service.search_image(image=data, k=k, filters=parsed, collapse=collapse)
+            return await self.service.search_image(image=data, k=k, filters=parsed, collapse=collapse, rerank=rerank)
         return self.results(await self.guarded(work))
 
     @api.get("/v1/products/{product_id}", summary="A product or item and its variants")
@@ -334,12 +338,15 @@ class Ingress:
     @api.get("/v1/products/{product_id}/similar", response_model=SearchResponse, summary="Similar products")
     async def similar(self, product_id: str, k: int = Query(10, ge=1), category: str | None = None,
                       gender: str | None = None, color: str | None = None,
-                      min_price: float | None = Query(None, ge=0), max_price: float | None = Query(None, ge=0)):
+                      min_price: float | None = Query(None, ge=0), max_price: float | None = Query(None, ge=0),
+                      rerank: bool | None = Query(None, description="Rerank the nearest products with the seed's text "
+                                                  "and facts (default: rerank.enabled and 'similar' in rerank.routes); "
+                                                  "true answers 409 rerank_unavailable where no reranker can serve")):
         self.check_k(k)
         given = {"category": category, "gender": gender, "color": color, "min_price": min_price,
                  "max_price": max_price}
         filters = parse_filters(json.dumps({key: v for key, v in given.items() if v is not None}))
-        res = await self.guarded(self.service.similar, product_id=product_id, k=k, filters=filters)
+        res = await self.guarded(self.service.similar, product_id=product_id, k=k, filters=filters, rerank=rerank)
         if res is None:
             raise ApiError(404, "not_found", f"no product or item {product_id!r}")
         return self.results(res)
@@ -532,6 +539,10 @@ def build_app(args: AppArgs | dict | None = None) -> Application:
         store, s.embed_max_batch, s.embed_batch_wait_s)
     retriever = RetrieverDeployment.options(**_options(s.retriever, s.retry_after_s)).bind(
         store, cfg.index, s.reload_poll_s)
-    return ingress.bind(s, cfg.index, store, embedder, retriever, creative=cfg.creative, copy_cfg=cfg.copy,
-                        recommend_cfg=cfg.recommend)
+    reranker = None
+    if cfg.rerank.enabled:
+        reranker = RerankerDeployment.options(**_options(s.reranker, s.retry_after_s)).bind(
+            store, cfg.index, cfg.rerank, s.reload_poll_s, s.rerank_max_batch, s.rerank_batch_wait_s)
+    return ingress.bind(s, cfg.index, store, embedder, retriever, reranker, creative=cfg.creative, copy_cfg=cfg.copy,
+                        recommend_cfg=cfg.recommend, rerank_cfg=cfg.rerank)
 

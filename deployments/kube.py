@@ -118,8 +118,9 @@ JOBS = (
     Job("evaluate", deadline_h=2, retries=2),  # reads an index, writes nothing
     Job("pipeline", deadline_h=24, retries=0),  # all four steps in one job; earlier steps stay published
     Job("train_reranker", deadline_h=6, retries=1),  # publishes only at the end: a retry is safe
+    Job("train_recommender", deadline_h=6, retries=1),  # likewise
 )
-PLANNED_JOBS = ("train_recommender",)
+PLANNED_JOBS: tuple[str, ...] = ()
 """Jobs DESIGN.md names that do not exist yet: they get a RayJob when their module lands."""
 
 
@@ -203,6 +204,8 @@ def serve_replicas(cfg: MmrayConfig, largest: bool = False) -> dict[str, list[tu
     """Serve replicas by group ("cpu"/"gpu"): the fewest the app runs, or with `largest` the most."""
     s = cfg.serve
     deployments: list[DeploymentConfig] = [s.ingress] if s.topology == "colocated" else [s.ingress, s.embedder, s.retriever]
+    if s.topology == "split" and cfg.rerank.enabled:
+        deployments.append(s.reranker)
     out: dict[str, list[tuple[float, float]]] = {"cpu": [], "gpu": []}
     for d in deployments:
         n = d.num_replicas if d.num_replicas != "auto" else (d.max_replicas if largest else d.min_replicas)

@@ -1,6 +1,7 @@
-"""Serve deployments of the split topology: Embedder (batched, e.g. on GPUs) and Retriever (CPU).
+"""Serve deployments of the split topology: Embedder (batched, e.g. on GPUs), Retriever (CPU) and,
+with rerank.enabled, Reranker (batched).
 
-Both are thin: the work is `mmray.serving.ModelPool` / `IndexPool`, the same classes the
+All are thin: the work is `mmray.serving.ModelPool` / `IndexPool` and `mmray.rerank`, the same code the
 co-located Ingress and in-process callers use. `HandleBackend` gives `mmray.search.SearchService`
 the same backend interface over their handles.
 """
@@ -18,7 +19,7 @@ from mmray.config import IndexConfig
 from mmray.index.filters import SearchFilters
 from mmray.index.retriever import Hit
 from mmray.search import product_record
-from mmray.serving import IndexPool, ModelPool
+from mmray.serving import IndexPool, ModelPool, VersionNotLoaded
 from mmray.storage import ArtifactStore
 
 log = logging.getLogger("ray.serve")
@@ -113,11 +114,102 @@ class RetrieverDeployment:
         return self.indexes.get(version).facets()
 
 
-class HandleBackend:
-    """`mmray.search.SearchBackend` over the split graph's handles."""
+@serve.deployment
+class RerankerDeployment:
+    """Reranked searches, answered whole: the replica holds the index versions (following
+    `indexes/current.json` like the Retriever), the model's text tower for the query side, and the
+    served fusion head with each index's item features (`mmray.rerank.reranker.RerankerPool`).
 
-    def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle):
-        self.embedder, self.retriever = embedder, retriever
+    Requests are batched with @serve.batch: the batch's text queries go through the text tower in one
+    run (`mmray.rerank.search.encode_queries`), then each request retrieves its candidates and runs the
+    head (candidate lists differ in length with filters, so the head runs per request). A request is
+    `{"route": "search" | "similar", "version": ..., ...}`; the answer is (hits, explanations), None for
+    an unknown product, or `{"refused": message}` where the reranker cannot serve the version (the
+    caller raises RerankerMismatch with it)."""
+
+    def __init__(self, store: ArtifactStore, cfg: IndexConfig, rerank_cfg, poll_s: float, max_batch: int,
+                 batch_wait_s: float):
+        from mmray.search import reranker_pool
+
+        self.indexes = IndexPool(store, cfg, retry_base_s=poll_s)
+        self.indexes.refresh()
+        self._poller = asyncio.get_event_loop().create_task(poll_forever(self.indexes, poll_s))
+        self.models = ModelPool(store, cfg.embed_batch_size, cfg.query_runtime)
+        self.rerankers = reranker_pool(store, rerank_cfg)
+        self.rerank.set_max_batch_size(max_batch)
+        self.rerank.set_batch_wait_timeout_s(batch_wait_s)
+
+    async def warm(self, ref: str) -> None:
+        """Load the model and build the head's query side for the newest index before traffic."""
+        from mmray.rerank.search import warm_reranker
+
+        await asyncio.to_thread(warm_reranker, self.indexes, self.models, self.rerankers, ref)
+
+    @serve.batch
+    async def rerank(self, requests: list[dict]) -> list:
+        return await asyncio.to_thread(self._batch, requests)
+
+    def _batch(self, requests: list[dict]) -> list:
+        from mmray.rerank.reranker import RerankerMismatch
+        from mmray.rerank.search import encode_queries, rerank_search, rerank_similar
+
+        out: list = [None] * len(requests)
+        pooled, encoded = {}, {}
+        for i, r in enumerate(requests):  # the version check, and each version's reranker, once per batch
+            try:
+                retriever = self.indexes.get(r["version"])
+                if r["version"] not in pooled:
+                    pooled[r["version"]] = self.rerankers.get(retriever)
+            except RerankerMismatch as e:
+                out[i] = {"refused": str(e)}
+            except VersionNotLoaded as e:
+                out[i] = {"not_loaded": str(e)}
+        texts: dict[tuple[str, str], list[int]] = {}
+        for i, r in enumerate(requests):
+            if out[i] is None and r["route"] == "search":
+                texts.setdefault((r["version"], r["model"]), []).append(i)
+        for (version, model), idx in texts.items():  # one text-tower run per (index, model) in the batch
+            embedder = self.models.get(model)
+            for i, enc in zip(idx, encode_queries(embedder, pooled[version][0], [requests[i]["query"] for i in idx])):
+                encoded[i] = (embedder, enc)
+        for i, r in enumerate(requests):
+            if out[i] is not None:
+                continue
+            retriever = self.indexes.get(r["version"])
+            if r["route"] == "search":
+                embedder, enc = encoded[i]
+                out[i] = rerank_search(retriever, embedder, pooled[r["version"]], r["query"], r["k"], r["filters"],
+                                       r["hybrid"], r["collapse"], r["top_k"], encoded=enc)
+            else:
+                out[i] = rerank_similar(retriever, pooled[r["version"]], r["product_id"], r["k"], r["filters"],
+                                        r["top_k"])
+        return out
+
+
+class HandleBackend:
+    """`mmray.search.SearchBackend` over the split graph's handles (`reranker`: None, no reranking)."""
+
+    def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, reranker: DeploymentHandle | None = None):
+        self.embedder, self.retriever, self.reranker = embedder, retriever, reranker
+        self.can_rerank = reranker is not None
+
+    async def _rerank(self, request: dict):
+        from mmray.rerank.reranker import RerankerMismatch
+
+        found = await self.reranker.rerank.remote(request)
+        if isinstance(found, dict):
+            if "refused" in found:
+                raise RerankerMismatch(found["refused"])
+            raise VersionNotLoaded(found["not_loaded"])
+        return found
+
+    async def search_text_reranked(self, *, version, model, query, k, filters, hybrid, collapse, top_k):
+        return await self._rerank({"route": "search", "version": version, "model": model, "query": query, "k": k,
+                                   "filters": filters, "hybrid": hybrid, "collapse": collapse, "top_k": top_k})
+
+    async def similar_reranked(self, *, version, product_id, k, filters, top_k):
+        return await self._rerank({"route": "similar", "version": version, "product_id": product_id, "k": k,
+                                   "filters": filters, "top_k": top_k})
 
     async def info(self) -> dict:
         return await self.retriever.info.remote()
@@ -146,6 +238,8 @@ class HandleBackend:
 
     async def warm(self, model: str) -> None:
         await self.embedder.warm.remote(model)
+        if self.reranker is not None:
+            await self.reranker.warm.remote(model)
 
     async def facets(self, *, version: str) -> dict:
         return await self.retriever.facets.remote(version)

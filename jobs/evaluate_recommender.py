@@ -5,7 +5,9 @@
 1. UCI Online Retail (`--retail`, ../shared/data/online_retail_uci): leave-last-basket-out over every
    customer with >= 2 purchase baskets; HR@10 and NDCG@10 of popularity, item-item co-occurrence (both
    counted on the training baskets only), our user-vector recommender (`mmray.recommend.recommender`,
-   the route's code, `recommend` config as given) and RRF(user vector, co-occurrence); the baselines and
+   the route's code, `recommend` config as given), RRF(user vector, co-occurrence), SASRec (trained here,
+   in process, on the training baskets only with `recommend.sasrec`; ranked by the same route code with
+   `ranker: sasrec`) and RRF(SASRec, co-occurrence); the baselines and
    RRF once more with counts from the training baskets dated before the customer's held-out basket only.
 2. Luma merchant links (`--links`): Recall@10 of /similar (nearest products by item vector) and of
    complements with category rules learned from the cross-sell links of the other half of the products
@@ -44,6 +46,7 @@ def text_vectors(texts: list[str]) -> np.ndarray:
 def evaluate_baskets(retail_dir: str, rcfg, max_customers: int | None = None) -> dict:
     from mmray.recommend.evaluation import (
         BasketStats,
+        CoPurchases,
         cooccurrence_ranking,
         history_items,
         hit_rate_at_k,
@@ -52,9 +55,11 @@ def evaluate_baskets(retail_dir: str, rcfg, max_customers: int | None = None) ->
         popularity_ranking,
         read_baskets,
         rrf,
+        train_sequence_ranker,
         user_vector_ranking,
     )
     from mmray.recommend.recommender import ItemSpace, Recommender
+    from mmray.recommend.train import TrainingDataError
 
     items = [r for r in _read_jsonl(os.path.join(retail_dir, "items.jsonl")) if r.get("is_product")]
     ids = [str(r["stock_code"]) for r in items]
@@ -63,13 +68,21 @@ def evaluate_baskets(retail_dir: str, rcfg, max_customers: int | None = None) ->
     eligible = len(cases)
     if max_customers is not None and len(cases) > max_customers:  # deterministic: customer id order
         cases = cases[:max_customers]
-    stats = BasketStats(train)
+    stats, co_purchases = BasketStats(train), CoPurchases(train)
     t0 = time.perf_counter()
     vecs = text_vectors([r["title"] or "" for r in items])
     embed_s = time.perf_counter() - t0
     space = ItemSpace(vecs, {"id": ids, "product_id": ids, "title": [r["title"] for r in items],
                              "category": [""] * len(ids)})
-    rec = Recommender(space, rcfg)
+    rec = Recommender(space, rcfg.model_copy(update={"ranker": "user_vector", "co_purchase_blend": True}))
+    t0 = time.perf_counter()
+    try:  # trained on the training baskets only, with the `recommend.sasrec` settings as given
+        ranker, losses = train_sequence_ranker(train, space, rcfg.sasrec)
+        seq_rec, sasrec_skipped = Recommender(space, rcfg.model_copy(update={"ranker": "sasrec", "co_purchase_blend": True}),
+                                              sequence=ranker), None
+    except TrainingDataError as e:
+        losses, seq_rec, sasrec_skipped = [], None, str(e)
+    sasrec_s = time.perf_counter() - t0
     past_stats: dict[str, BasketStats] = {}
 
     def past(c) -> BasketStats:
@@ -82,6 +95,12 @@ def evaluate_baskets(retail_dir: str, rcfg, max_customers: int | None = None) ->
         "user-vector (ours)": lambda c: user_vector_ranking(rec, c, K),
         "hybrid RRF(user-vector, co-occurrence)": lambda c: rrf(
             [user_vector_ranking(rec, c, 50), cooccurrence_ranking(stats, history_items(c), 50)], K),
+        "user-vector + co-purchase, the served blend (ours)": lambda c: user_vector_ranking(rec, c, K, co_purchases),
+        **({} if seq_rec is None else {
+            "SASRec (ours)": lambda c: user_vector_ranking(seq_rec, c, K),
+            "SASRec + co-purchase, the served blend (ours)": lambda c: user_vector_ranking(seq_rec, c, K, co_purchases),
+            "hybrid RRF(SASRec, co-occurrence) (ours)": lambda c: rrf(
+                [user_vector_ranking(seq_rec, c, 50), cooccurrence_ranking(stats, history_items(c), 50)], K)}),
         # stricter, time-respecting counts: only training baskets dated before the held-out basket
         "popularity (past baskets only)": lambda c: popularity_ranking(past(c), set(history_items(c)), K),
         "co-occurrence (past baskets only)": lambda c: cooccurrence_ranking(past(c), history_items(c), K),
@@ -104,7 +123,11 @@ def evaluate_baskets(retail_dir: str, rcfg, max_customers: int | None = None) ->
             "customers_evaluated": len(cases),
             "mean_target_size": float(np.mean([len(c.target) for c in cases])) if cases else 0.0,
             "mean_history_items": float(np.mean([len(history_items(c)) for c in cases])) if cases else 0.0,
-            "embed_s": round(embed_s, 1), "methods": out}
+            "embed_s": round(embed_s, 1), "methods": out,
+            "sasrec": {"skipped": sasrec_skipped} if seq_rec is None else {
+                "train_s": round(sasrec_s, 1), "epochs": len(losses), "first_loss": round(losses[0], 4),
+                "final_loss": round(losses[-1], 4), "training_items": len(seq_rec.sequence.offset_of),
+                "config": rcfg.sasrec.model_dump()}}
 
 
 def evaluate_links(catalog_path: str, links_path: str, rcfg) -> dict:
@@ -171,6 +194,7 @@ def main() -> int:
     print(f"{'method':42s} {'HR@10':>7s} {'NDCG@10':>8s} {'hit':>5s}")
     for name, m in r["methods"].items():
         print(f"{name:42s} {m['HR@10']:7.3f} {m['NDCG@10']:8.3f} {m['customers_hit']:5d}")
+    print(f"SASRec: {r['sasrec']}")
     print("\nLuma merchant links, Recall@10 (products with links of that type)")
     lk = report["luma_links"]["methods"]
     print(f"{'method':14s} " + " ".join(f"{n:>16s}" for n in lk["similar"]))

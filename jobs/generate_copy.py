@@ -3,6 +3,9 @@ publish every output with its guardrail verdict as Parquet in a new version of c
 
     python -m jobs.generate_copy --config configs/local.yaml [--kinds title,description] [--variants 2]
     ray job submit --working-dir . -- python -m jobs.generate_copy --config configs/local.yaml --set copy.engine=transformers
+
+With `copy.engine: vllm` the generation runs on ray.data.llm's vLLM processor, which needs vLLM: run it
+with the LLM environment's Python (`make llm-env`; `.llm-venv/bin/python -m jobs.generate_copy ...`).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import argparse
 import json
 
 from mmray.config import ConfigError, load_config
+from mmray.copy.engines import EngineError
 from mmray.runtime import run_job, setup_logging, start_job
 from mmray.storage import ArtifactError
 
@@ -34,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(manifest, indent=2))
         return 0
 
-    return run_job(body, (ConfigError, ArtifactError, FileNotFoundError, ValueError))
+    return run_job(body, (ConfigError, ArtifactError, EngineError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -31,14 +31,22 @@ class ResourceWaitError(RuntimeError):
     """A job waited `jobs.resource_wait_s` for resources the cluster did not give it."""
 
 
+def joins_cluster() -> bool:
+    """Whether `ray.init()` here joins a cluster named by RAY_ADDRESS (set by `ray job submit` too);
+    `RAY_ADDRESS=local` asks for a private local one, as unset does when no `ray start` runs here."""
+    return os.environ.get("RAY_ADDRESS", "") not in ("", "local")
+
+
 def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by RAY_ADDRESS (or the one `ray job submit` runs us in), else start a local one."""
+    """Join the cluster named by RAY_ADDRESS (or the one `ray job submit` runs us in), or without it the
+    local head a `ray start` on this machine left running (`make serve`'s), else start a local one.
+    `RAY_ADDRESS=local` always starts a private one (tests use it: never a cluster someone else started)."""
     import ray
 
     if ray.is_initialized():
         return
     kwargs = {"log_to_driver": True, "configure_logging": False}
-    if not os.environ.get("RAY_ADDRESS"):
+    if not joins_cluster():
         kwargs.update(include_dashboard=False, num_cpus=num_cpus)
     ray.init(**kwargs)
     _faster_resource_refresh()

@@ -64,6 +64,17 @@ class SearchBackend(Protocol):
     async def similar(self, *, version: str, product_id: str, k: int, filters: SearchFilters | None
                       ) -> list[Hit] | None: ...
 
+    # Reranking (where `can_rerank`; both raise mmray.rerank.reranker.RerankerMismatch when the served
+    # reranker cannot rerank `version`): (hits, explanations), the top `top_k` candidates reranked.
+    can_rerank: bool
+
+    async def search_text_reranked(self, *, version: str, model: str, query: str, k: int,
+                                   filters: SearchFilters | None, hybrid: bool, collapse: bool, top_k: int
+                                   ) -> tuple[list[Hit], list[dict | None]]: ...
+
+    async def similar_reranked(self, *, version: str, product_id: str, k: int, filters: SearchFilters | None,
+                               top_k: int) -> tuple[list[Hit], list[dict | None]] | None: ...
+
     async def product(self, *, version: str, product_id: str) -> dict | None: ...
 
     async def image(self, *, version: str, row: int) -> bytes | None: ...
@@ -102,45 +113,69 @@ class SearchService:
             raise NotReady(self._info.get("error") or "no index loaded")
         return self._info
 
+    def wants_rerank(self, route: str, rerank: bool | None) -> bool:
+        """Whether a request on `route` ("search", "similar", "image") asks for reranking: its own `rerank`,
+        else `rerank.enabled` and the route in `rerank.routes`."""
+        if rerank is not None:
+            return rerank
+        return self.rerank_cfg.enabled and route in self.rerank_cfg.routes
+
+    async def _reranked(self, route: str, rerank: bool | None, call):
+        """`await call()` ((hits, explanations), or None for an unknown product) when reranking is wanted
+        and possible; False when not wanted, or wanted by default (`rerank` None) but unavailable (the
+        pool logs why once); RerankUnavailable when the request insisted (`rerank` True)."""
+        if not self.wants_rerank(route, rerank):
+            return False
+        from mmray.rerank.reranker import RerankerMismatch
+
+        try:
+            if not getattr(self.backend, "can_rerank", False):
+                raise RerankerMismatch("this deployment has no reranker (rerank.enabled is false)")
+            return await call()
+        except RerankerMismatch as e:
+            if rerank:
+                raise RerankUnavailable(str(e)) from None
+            return False
+
     async def search_text(self, *, query: str, k: int = 10, filters: SearchFilters | None = None,
                           hybrid: bool | None = None, collapse: bool = True, rerank: bool | None = None) -> SearchResults:
-        """`rerank`: None follows `rerank.enabled` (a reranker that cannot serve: the bi-encoder order, logged
-        once); True insists (RerankUnavailable if it cannot); False never reranks."""
+        """`rerank`: None follows `rerank.enabled` and `rerank.routes` (a reranker that cannot serve: the
+        bi-encoder order, logged once); True insists (RerankUnavailable if it cannot); False never reranks."""
         start, info = time.perf_counter(), await self.info()
-        want = self.rerank_cfg.enabled if rerank is None else rerank
-        if want:
-            from mmray.rerank.reranker import RerankerMismatch
-
-            reranking = getattr(self.backend, "search_text_reranked", None)
-            try:
-                if reranking is None or getattr(self.backend, "rerankers", None) is None:
-                    raise RerankerMismatch("this deployment has no reranker (rerank.enabled false, or the split "
-                                           "topology, which does not rerank yet)")
-                hits, explanations = await reranking(
-                    version=info["version"], model=info["model"], query=query, k=k, filters=filters,
-                    hybrid=self.cfg.hybrid if hybrid is None else hybrid, collapse=collapse,
-                    top_k=self.rerank_cfg.top_k)
-                return SearchResults(hits, info["version"], _ms(start), True, explanations)
-            except RerankerMismatch as e:
-                if rerank:
-                    raise RerankUnavailable(str(e)) from None
+        hybrid = self.cfg.hybrid if hybrid is None else hybrid
+        found = await self._reranked("search", rerank, lambda: self.backend.search_text_reranked(
+            version=info["version"], model=info["model"], query=query, k=k, filters=filters, hybrid=hybrid,
+            collapse=collapse, top_k=self.rerank_cfg.top_k))
+        if found is not False:
+            return SearchResults(found[0], info["version"], _ms(start), True, found[1])
         hits = await self.backend.search_text(version=info["version"], model=info["model"], query=query, k=k,
-                                              filters=filters, hybrid=self.cfg.hybrid if hybrid is None else hybrid,
-                                              collapse=collapse)
+                                              filters=filters, hybrid=hybrid, collapse=collapse)
         return SearchResults(hits, info["version"], _ms(start))
 
     async def search_image(self, *, image: bytes, k: int = 10, filters: SearchFilters | None = None,
-                           collapse: bool = True) -> SearchResults:
+                           collapse: bool = True, rerank: bool | None = None) -> SearchResults:
+        """Always in the bi-encoder's order: the reranker reads query text, and no image-query path is
+        trained; `rerank=True` raises RerankUnavailable saying so."""
+        if rerank:
+            raise RerankUnavailable("image search is not reranked: the reranker reads query text tokens and "
+                                    "has no trained image-query path")
         start, info = time.perf_counter(), await self.info()
         vector = await self.backend.embed_image(image=image, model=info["model"])
         hits = await self.backend.search(version=info["version"], vector=vector, k=k, filters=filters,
                                          query_text=None, hybrid=False, collapse=collapse)
         return SearchResults(hits, info["version"], _ms(start))
 
-    async def similar(self, *, product_id: str, k: int = 10, filters: SearchFilters | None = None
-                      ) -> SearchResults | None:
-        """Products like `product_id` (an item or product id), never itself; None if unknown."""
+    async def similar(self, *, product_id: str, k: int = 10, filters: SearchFilters | None = None,
+                      rerank: bool | None = None) -> SearchResults | None:
+        """Products like `product_id` (an item or product id), never itself; None if unknown. `rerank` as in
+        `search_text` (route "similar")."""
         start, info = time.perf_counter(), await self.info()
+        found = await self._reranked("similar", rerank, lambda: self.backend.similar_reranked(
+            version=info["version"], product_id=product_id, k=k, filters=filters, top_k=self.rerank_cfg.top_k))
+        if found is None:
+            return None
+        if found is not False:
+            return SearchResults(found[0], info["version"], _ms(start), True, found[1])
         hits = await self.backend.similar(version=info["version"], product_id=product_id, k=k, filters=filters)
         return None if hits is None else SearchResults(hits, info["version"], _ms(start))
 
@@ -185,6 +220,7 @@ class LocalBackend:
     def __init__(self, indexes: IndexPool, models: ModelPool, threads: int, rerankers=None):
         """`rerankers`: a `mmray.rerank.reranker.RerankerPool` (None: no reranking here)."""
         self.indexes, self.models, self.rerankers = indexes, models, rerankers
+        self.can_rerank = rerankers is not None
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="mmray-search")
 
     async def _run(self, fn, /, *args, **kwargs):
@@ -225,6 +261,17 @@ class LocalBackend:
             return rerank_search(retriever, embedder, reranker, query, k, filters, hybrid, collapse, top_k)
         return await self._run(work)
 
+    async def similar_reranked(self, *, version, product_id, k, filters, top_k
+                               ) -> tuple[list[Hit], list[dict | None]] | None:
+        """/similar's top `top_k` items reranked with the seed's text tokens and facts; None if unknown."""
+        from mmray.rerank.search import rerank_similar
+
+        retriever = self.indexes.get(version)
+
+        def work():
+            return rerank_similar(retriever, self.rerankers.get(retriever), product_id, k, filters, top_k)
+        return await self._run(work)
+
     async def similar(self, *, version, product_id, k, filters) -> list[Hit] | None:
         retriever = self.indexes.get(version)
         try:
@@ -240,19 +287,10 @@ class LocalBackend:
 
     async def warm(self, model: str) -> None:
         await self._run(self.models.get, model)
-        if self.rerankers is not None and self.indexes.newest is not None:
-            await self._run(self._warm_reranker, model)
+        if self.rerankers is not None:
+            from mmray.rerank.search import warm_reranker
 
-    def _warm_reranker(self, model: str) -> None:
-        """Load the reranker for the newest index and export its query side (ONNX, seconds) before traffic."""
-        from mmray.rerank.reranker import RerankerMismatch
-
-        try:
-            reranker = self.rerankers.get(self.indexes.newest)[0]
-        except RerankerMismatch:
-            return  # logged by the pool; searches are served without reranking
-        embedder = self.models.get(model)
-        reranker.query_encoder(embedder.model, "onnx" if "onnx" in embedder.text_runtime else "torch")
+            await self._run(warm_reranker, self.indexes, self.models, self.rerankers, model)
 
     async def facets(self, *, version: str) -> dict:
         return self.indexes.get(version).facets()

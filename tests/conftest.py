@@ -93,6 +93,11 @@ def publish_model(store, model) -> str:
 # --------------------------------------------------------------------------- Ray
 
 
+# A job run as a subprocess starts its own Ray unless a test names a cluster (RAY_ADDRESS=<gcs>): a plain
+# ray.init() would join whatever head /tmp/ray/ray_current_cluster names, e.g. `make quickstart`'s app
+# still serving on this machine, whose CPUs it holds (that made a CI run wait out its timeouts).
+os.environ["RAY_ADDRESS"] = "local"
+
 # Where that Ray instance's metrics agent serves Prometheus text (http://127.0.0.1:<port>/metrics).
 METRICS_PORT = _free_port()
 
@@ -102,8 +107,9 @@ def ray_session():
     """One local Ray instance (2 CPUs, no dashboard) shared by every test that runs a pipeline."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)
+    if not ray.is_initialized():  # address="local": never a head a `ray start` on this machine left running
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _metrics_export_port=METRICS_PORT)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

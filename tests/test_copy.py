@@ -360,6 +360,34 @@ def test_vllm_llm_config_on_cpu():
     assert LLMConfig(**d).accelerator_config.kind == "cpu"
 
 
+def test_vllm_batch_processor_config_follows_the_served_settings():
+    from mmray.copy.batch import sampling_params, vllm_processor_config
+
+    cpu = CopyConfig(temperature=0.5, top_p=0.8, max_tokens=99, vllm={
+        "model_source": "/models/smollm2", "accelerator": "cpu", "batch_size": 4, "concurrency": 2,
+        "engine_kwargs": {"max_model_len": 2048}, "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}})
+    d = vllm_processor_config(cpu)
+    assert d == {"model_source": "/models/smollm2", "engine_kwargs": {"max_model_len": 2048}, "batch_size": 4,
+                 "concurrency": 2, "placement_group_config": {"bundles": [{"CPU": 1}]},
+                 "chat_template_stage": {"num_cpus": 0.1}, "tokenize_stage": {"num_cpus": 0.1},
+                 "detokenize_stage": {"num_cpus": 0.1},
+                 "runtime_env": {"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}}}
+    gpu = vllm_processor_config(CopyConfig(model="m", vllm={"accelerator_type": "L4"}))
+    assert "placement_group_config" not in gpu and gpu["accelerator_type"] == "L4"  # ray.data.llm's GPU bundles
+    assert sampling_params(cpu, 7, ["title", "ad"]) == {
+        "temperature": 0.5, "top_p": 0.8, "max_tokens": 99, "seed": 7,
+        "structured_outputs": {"json": {"type": "object", "properties": {"title": {"type": "string"}, "ad": {"type": "string"}},
+                                        "required": ["title", "ad"]}}}
+    assert sampling_params(CopyConfig(vllm={"structured_output": "json_object"}), 0, ["ad"])["structured_outputs"] == \
+        {"json_object": True}
+    assert "structured_outputs" not in sampling_params(CopyConfig(vllm={"structured_output": "off"}), 0, ["ad"])
+    try:
+        from ray.data.llm import vLLMEngineProcessorConfig
+    except ImportError as e:
+        pytest.skip(f"ray.data.llm's vLLM processor needs vLLM (separate env, make llm-env): {e}")
+    assert vLLMEngineProcessorConfig(**d).batch_size == 4
+
+
 # --------------------------------------------------------------------------- transformers, the shipped model
 
 
@@ -428,3 +456,17 @@ def test_generate_copy_job_writes_every_output_with_its_verdict(app):  # noqa: F
     assert len(table) == 3 * 2 * 2 == manifest["outputs"]
     assert {r["kind"] for r in table} == {"title", "ad"} and manifest["passed"] == sum(r["passed"] for r in table)
     assert all(isinstance(json.loads(r["removed"]), list) for r in table)
+
+
+def test_generate_copy_with_vllm_outside_the_llm_environment_says_where_to_run_it(app):  # noqa: F811
+    import importlib.util
+
+    from mmray.config import load_config
+    from mmray.copy.batch import generate_copy
+    from mmray.copy.engines import EngineError
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: the job would run")
+    cfg = load_config(app.cfg_path, ["copy.engine=vllm", "copy.vllm.model_source=/models/m"])
+    with pytest.raises(EngineError, match="make llm-env"):
+        generate_copy(cfg, ["title"], limit=1)

@@ -172,8 +172,11 @@ def test_the_plan_at_the_extremes(data, indexes):
     hnsw = indexes["HNSW32"].planner
     assert hnsw.plan(SearchFilters(**SELECTIVE["0.5%"])).strategy == "exact"
     assert hnsw.plan(SearchFilters(**SELECTIVE["2%"])).strategy == "exact"
-    assert hnsw.plan(SearchFilters(**SELECTIVE["60%"])).strategy == "ann"
-    assert hnsw.plan(SearchFilters(**SELECTIVE["20%"])).strategy == "ann"
+    assert hnsw.plan(SearchFilters(**SELECTIVE["60%"])).strategy == "post"  # HNSW: unfiltered candidates first
+    assert hnsw.plan(SearchFilters(**SELECTIVE["20%"])).strategy == "post"
+    ivf = indexes["IVF64,Flat"].planner
+    assert ivf.plan(SearchFilters(**SELECTIVE["20%"])).strategy == "ann"  # IVF: the selector search
+    assert ivf.plan(SearchFilters(**SELECTIVE["60%"])).strategy == "ann"
     assert hnsw.plan(None).everything and hnsw.plan(SearchFilters()).everything
     assert indexes["Flat"].planner.plan(SearchFilters(**SELECTIVE["60%"])).strategy == "exact"  # Flat is exact anyway
     rows, vectors, _, _ = data
@@ -182,7 +185,9 @@ def test_the_plan_at_the_extremes(data, indexes):
     always_exact = FilterPlanner(meta_of(rows), ann, vectors, exact_share=1.0)
     one_row = {"category": "Sale/Rare", "max_price": float(rows["price"][ref["0.5%"][0]]),
                "min_price": float(rows["price"][ref["0.5%"][0]])}
-    assert always_ann.plan(SearchFilters(**one_row)).strategy == "ann"
+    assert always_ann.plan(SearchFilters(**one_row)).strategy == "post"
+    no_post = FilterPlanner(meta_of(rows), ann, vectors, post_margin=0.0)
+    assert no_post.plan(SearchFilters(**SELECTIVE["20%"])).strategy == "ann"
     assert always_exact.plan(SearchFilters(**SELECTIVE["60%"])).strategy == "exact"
 
 
@@ -223,17 +228,30 @@ def test_sharded_filtered_search_makes_no_copy_of_the_vectors(data, indexes):
     assert peak < vectors.nbytes / 3, peak  # 60 % of the rows as int64 plus N bools: ~0.4 of a 128-byte row
 
 
-def test_batch_search_equals_single_searches(data, indexes):
-    _, _, queries, _ = data
-    for name in ("HNSW32", "IVF64,Flat", "Flat x3"):
-        retr = indexes[name]
+def test_batch_search_equals_single_searches(data):
+    """Batches take the selector search for broad filters; a single query takes whichever way its
+    plan timed faster. With the timing off (`filter_trial_queries: 0`) both take the selector
+    search, so they must agree row for row; with a plan that chose `exact`, a single query must
+    give the brute-force top-k (the other way, checked against the reference)."""
+    _, vectors, queries, ref = data
+    for name, factory, shards in (("HNSW32", "HNSW32", 1), ("IVF64,Flat", "IVF64,Flat", 1), ("Flat x3", "Flat", 3)):
+        retr = retriever(data, factory, num_shards=shards, filter_trial_queries=0)
         for f in [None, *SELECTIVE.values()]:
             flt = None if f is None else SearchFilters(**f)
             scores, rows = retr.search_vectors(queries, K, flt)
             for q, s, r in zip(queries, scores, rows):
                 hits = retr.search(q, k=K, filters=flt, collapse=False)
-                assert [h.row for h in hits] == r.tolist()
+                assert [h.row for h in hits] == r.tolist(), (name, f)
                 assert [h.score for h in hits] == pytest.approx(s.tolist(), abs=1e-6)
+    retr = retriever(data, "IVF64,Flat")  # no `post` plan on IVF: a broad filter goes straight to the chosen way
+    for label in ("20%", "60%"):
+        flt = SearchFilters(**SELECTIVE[label])
+        plan = retr.planner.plan(flt)
+        assert plan.strategy == "ann"
+        plan.choice = "exact"
+        want = brute_top(vectors, queries, ref[label])
+        for q, w in zip(queries, want):
+            assert [h.row for h in retr.search(q, k=K, filters=flt, collapse=False)] == w.tolist(), label
 
 
 def test_exact_among_in_blocks_equals_numpy():
@@ -248,3 +266,96 @@ def test_exact_among_in_blocks_equals_numpy():
         assert np.allclose(np.take_along_axis(queries @ x.T, i, axis=1), s, atol=1e-5)
     s, i = exact_among(x, q, rows[:3], 10)  # fewer rows than k
     assert s.shape == (4, 3) and set(i[0].tolist()) == set(rows[:3].tolist())
+
+
+def test_the_post_filter_plan_falls_back_for_queries_whose_neighbourhood_does_not_match(data, indexes):
+    """`post` keeps the matching rows of an unfiltered search for k' = margin * k / share; the
+    "women" filter (20 %) follows the clusters, so queries in men's clusters find fewer than k
+    matching candidates and must go on to the selector search or the exact scan."""
+    _, vectors, queries, ref = data
+    for name in ("HNSW32", "HNSW32 x3"):
+        retr = indexes[name]
+        planner = retr.planner
+        plan = planner.plan(SearchFilters(**SELECTIVE["20%"]))
+        assert plan.strategy == "post"
+        scores, rows = planner.post_search(queries, plan, K)
+        short = rows[:, -1] < 0
+        if name == "HNSW32":  # (3 shards give 3 k' candidates: none falls short here)
+            assert short.any() and not short.all(), short  # both paths are exercised
+        found = rows[~short]
+        assert np.isin(found, ref["20%"]).all()  # every kept candidate matches
+        assert np.allclose(np.take_along_axis(queries[~short] @ vectors.T, found, axis=1), scores[~short], atol=1e-5)
+        assert (np.diff(scores[~short], axis=1) <= 1e-6).all()  # best first
+        exact = brute_top(vectors, queries, ref["20%"])
+        for sub in (short, ~short):  # the whole search: recall against brute force on each group
+            if not sub.any():
+                continue
+            got = [[h.row for h in retr.search(q, k=K, filters=SearchFilters(**SELECTIVE["20%"]), collapse=False)]
+                   for q in queries[sub]]
+            rec = sum(len(set(a) & set(e.tolist())) for a, e in zip(got, exact[sub])) / exact[sub].size
+            assert rec >= 0.95, (name, rec, sub.sum())
+    # a beam of margin * k above efSearch (32 here) is not worth it: the selector search instead
+    planner = indexes["HNSW32"].planner
+    plan = planner.plan(SearchFilters(**SELECTIVE["60%"]))
+    calls = []
+    post, planner.post_search = planner.post_search, lambda *a: calls.append(a) or post(*a)
+    try:
+        planner.search(queries[:1], plan, 15)  # 2 * 15 < 32
+        assert len(calls) == 1
+        planner.search(queries[:1], plan, 16)  # 2 * 16 = 32
+        assert len(calls) == 1
+    finally:
+        del planner.post_search
+
+
+def test_a_broad_plan_keeps_the_way_it_timed_faster(data):
+    """The selector search and the exact scan are each timed on a plan's first single queries;
+    the plan then keeps the faster; either way the hits are right (the exact way exactly)."""
+    _, vectors, queries, ref = data
+    retr = retriever(data, "IVF64,Flat", filter_trial_queries=2)
+    f = SearchFilters(**SELECTIVE["20%"])
+    plan = retr.planner.plan(f)
+    assert plan.strategy == "ann" and plan.choice is None
+    for q in queries[:3]:
+        retr.search(q, k=K, filters=f, collapse=False)
+    assert plan.choice is None and len(plan.trials["ann"]) == 2 and len(plan.trials["exact"]) == 1
+    retr.search(queries[3], k=K, filters=f, collapse=False)
+    fastest = {way: min(t) for way, t in plan.trials.items()}
+    assert plan.choice == min(fastest, key=fastest.get)
+    exact = brute_top(vectors, queries, ref["20%"])
+    plan.choice = "exact"
+    for q, want in zip(queries, exact):
+        got = [h.row for h in retr.search(q, k=K, filters=f, collapse=False)]
+        assert vectors[got] @ q == pytest.approx(vectors[want] @ q, abs=1e-5)
+    plan.choice = "ann"
+    rec, _, _ = _recall(retr, queries, f, ref["20%"])
+    assert rec >= 0.95
+    untimed = retriever(data, "IVF64,Flat", filter_trial_queries=0)
+    untimed.search(queries[0], k=K, filters=f, collapse=False)
+    plan = untimed.planner.plan(f)
+    assert plan.choice is None and plan.trials == {"ann": [], "exact": []}
+
+
+def test_a_run_of_rows_is_scanned_in_place_as_a_slice(data):
+    """Rows lo..hi-1 (a catalog stored in category order) take the slice scan: the same top-k as
+    the gathered scan and brute force, for one query and a batch, and no copy of the vectors."""
+    rows, vectors, queries, _ = data
+    ann = build_ann(vectors, "HNSW32", 1, nprobe=8, ef_search=32)
+    planner = FilterPlanner(meta_of(rows), ann, vectors)
+    lo, hi = 3001, 3001 + 150
+    run = np.arange(lo, hi, dtype=np.int64)
+    plan = planner.without(planner.plan(None), np.concatenate([np.arange(lo), np.arange(hi, N)]))
+    assert plan.strategy == "exact" and plan.run_start == lo and np.array_equal(plan.rows, run)
+    assert planner.plan(SearchFilters(**SELECTIVE["2%"])).run_start is None  # scattered rows: the gather
+    for qs in (queries[:1], queries):
+        s, i = planner.search(qs, plan, K)
+        want = brute_top(vectors, qs, run)
+        assert np.allclose(np.take_along_axis(qs @ vectors.T, want, axis=1), s, atol=1e-5)
+        assert np.isin(i, run).all() and np.allclose(np.take_along_axis(qs @ vectors.T, i, axis=1), s, atol=1e-5)
+        s2, _ = exact_among(vectors, qs, run, K)
+        assert np.allclose(s, s2, atol=1e-5)
+    tracemalloc.start()
+    planner.search(queries, plan, K)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < (hi - lo) * vectors.shape[1] * 4 / 2, peak  # less than half the run's own bytes

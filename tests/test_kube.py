@@ -194,6 +194,7 @@ def test_serve_config_is_the_app_built_from_the_mounted_config(target, tmp_path)
     assert not cfg.serve.direct_ingress and cfg.serve.host == "0.0.0.0"
     assert serve_cfg["http_options"]["port"] == cfg.serve.port == kube.SERVE_PORT
     expected = {"Ingress"} | ({"EmbedderDeployment", "RetrieverDeployment"} if cfg.serve.topology == "split" else set())
+    expected |= {"RerankerDeployment"} if cfg.serve.topology == "split" and cfg.rerank.enabled else set()
     assert {d["name"] for d in app["deployments"]} == expected
 
     keys_dir, _ = posixpath.split(cfg.serve.auth.keys_file)

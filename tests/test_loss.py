@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from datetime import timedelta
 
 import pytest
@@ -148,26 +147,23 @@ def _run(kind, local_loss, with_grad, use_groups, image, text, scale, bias, rank
             "bias": bias.grad if bias.grad is not None else torch.zeros_like(bias)}
 
 
-def _worker(rank: int, port: int, outdir: str, image, text, scale, bias) -> None:
+def _worker(rank: int, store: str, outdir: str, image, text, scale, bias) -> None:
     import torch.distributed as dist
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+    # A file store, not tcp://127.0.0.1:<free port>: a port found free and then closed can be taken by
+    # another process (a Ray worker of the session) before rank 0 binds it, and rank 1 then talks to it.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
                             timeout=timedelta(seconds=60))
     try:
         sl = slice(rank * LOCAL, (rank + 1) * LOCAL)
         out = {name: _run(*spec, image[sl], text[sl], scale, bias, rank=rank, world=WORLD)
                for name, spec in SCENARIOS.items()}
         torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank closes its connections while the other still uses them
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +177,8 @@ def two_worker_results(tmp_path_factory):
     image, text = _unit(WORLD * LOCAL, 8, 11), _unit(WORLD * LOCAL, 8, 12)
     scale, bias = torch.tensor(math.log(7.0), dtype=torch.float64), torch.tensor(-1.5, dtype=torch.float64)
     outdir = str(tmp_path_factory.mktemp("dist"))
-    mp.spawn(_worker, args=(_free_port(), outdir, image, text, scale, bias), nprocs=WORLD, join=True)
+    store = os.path.join(outdir, "store")
+    mp.spawn(_worker, args=(store, outdir, image, text, scale, bias), nprocs=WORLD, join=True)
     ranks = [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
     single = {name: _run(*spec, image, text, scale, bias) for name, spec in SCENARIOS.items()}
     return ranks, single

@@ -464,7 +464,7 @@ def test_failed_run_leaves_no_half_written_version_and_keeps_the_previous_one(tm
 
 
 def run_cli(tmp_path, *sets: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, never one left running here
     cmd = [sys.executable, "-m", "jobs.preprocess", "--config", "configs/local.yaml",
            "--set", f"storage.root={tmp_path / 'art'}", *[a for s in sets for a in ("--set", s)]]
     return subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)

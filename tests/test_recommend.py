@@ -254,3 +254,38 @@ def test_http_events_recommendations_complements_and_erasure(rec_app):
     blob = b"".join(p.read_bytes() for p in db.parent.glob("events.sqlite*") if not p.name.endswith(".key"))
     assert b"shopper@example.com" not in blob
     assert client.delete("/v1/users/shopper@example.com").json() == {"deleted": 0}
+
+
+def test_co_purchase_blend_is_the_reciprocal_rank_fusion_of_both_lists():
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(8, 4))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    s = _space(vecs.tolist(), [f"P{r}" for r in range(8)], ["x"] * 8)
+    hist = [HistoryEvent("i0", "purchase")]
+    co = {"i6": 3, "i2": 3, "i7": 1, "i0": 9}  # i0 is the history itself: never recommended
+    cfg = _cfg(ranker="user_vector")
+    # reference, the naive way: the user vector is i0's vector; rank 1.. in each list; 1 / (60 + rank) summed
+    scores = vecs[1:] @ vecs[0]
+    by_vector = [r + 1 for r in sorted(range(7), key=lambda r: (-scores[r], r))]
+    by_co = [2, 6, 7]  # count desc, then id
+    fused = {}
+    for ranking in (by_vector, by_co):
+        for rank, row in enumerate(ranking, start=1):
+            fused[row] = fused.get(row, 0.0) + 1 / (60 + rank)
+    want = sorted(fused, key=lambda r: (-fused[r], (by_vector + by_co).index(r)))[:5]
+    got, source = Recommender(s, cfg).recommend(hist, k=5, co_purchase=co)
+    assert [r.row for r in got] == want and source == "user_vector+co_purchase"
+    assert all(r.source == "user_vector" for r in got)  # every co-purchased row is in the vector's list too here
+    # blend off, or nobody bought with the history: the ranker's list alone
+    alone, src = Recommender(s, cfg.model_copy(update={"co_purchase_blend": False})).recommend(hist, k=5, co_purchase=co)
+    assert [r.row for r in alone] == by_vector[:5] and src == "user_vector"
+    assert [r.row for r in Recommender(s, cfg).recommend(hist, k=5, co_purchase={})[0]] == by_vector[:5]
+    # a co-purchased product outside the ranker's pool (50 products) comes in, marked as such
+    many = rng.normal(size=(60, 4))
+    many /= np.linalg.norm(many, axis=1, keepdims=True)
+    big = _space(many.tolist(), [f"P{r}" for r in range(60)], ["x"] * 60)
+    order = [r + 1 for r in np.argsort(-(many[1:] @ many[0]), kind="stable")]
+    far = order[-1]  # rank 59 by the vector: not in the top-50 pool
+    out, _ = Recommender(big, cfg).recommend(hist, k=2, co_purchase={f"i{far}": 5})
+    # fused: vector rank 1 -> 1/61, `far` co-purchase rank 1 -> 1/61 (tie: first appearance), vector rank 2 -> 1/62
+    assert [(r.row, r.source) for r in out] == [(order[0], "user_vector"), (far, "co_purchase")]

@@ -8,10 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from mmray.config import RecommendConfig
+from mmray.config import RecommendConfig, SasrecConfig
 from mmray.recommend.evaluation import (
     Basket,
     BasketStats,
+    basket_sequences,
     cooccurrence_ranking,
     hit_rate_at_k,
     leave_last_basket_out,
@@ -62,6 +63,14 @@ def test_leave_last_basket_out_and_baselines():
     # history {a, b}: c co-occurs with a (basket 2) and b (basket 4) -> 2; then popularity fills (nothing left)
     assert cooccurrence_ranking(stats, ["a", "b"], 10) == ["c"]
     assert popularity_ranking(stats, {"a"}, 10) == ["b", "c"]  # ties by id
+
+
+def test_sasrec_sequences_come_from_the_training_baskets_only():
+    baskets = [_b("1", "u", 1, "a", "b"), _b("2", "v", 2, "a", "c"), _b("3", "u", 3, "a", "c", "d"),
+               _b("4", None, 4, "b", "c"), _b("5", "w", 5, "a"), _b("6", "w", 6, "a")]
+    _, train, _ = leave_last_basket_out(baskets)
+    # u's held-out basket 3 (its targets c, d) is not appended to u's sequence; the anonymous basket stands alone
+    assert basket_sequences(train) == [["a", "b"], ["a", "c"], ["a"], ["b", "c"]]
 
 
 def test_read_baskets_orders_and_filters():
@@ -142,3 +151,10 @@ def test_job_baskets_on_toy_files(tmp_path, monkeypatch):
     # with the history and is in no counted basket, so only c (with a, basket 2) is ranked: 1 / (1 + 1/log2(3))
     assert m["co-occurrence (past baskets only)"]["NDCG@10"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
     assert m["co-occurrence (past baskets only)"]["customers_hit"] == 1
+    # 3 training sequences are below recommend.sasrec.min_sequences (10): no SASRec rows, and the report says why
+    assert "SASRec (ours)" not in m and "min_sequences" in out["sasrec"]["skipped"]
+    small = SasrecConfig(dim=16, layers=1, heads=2, max_len=4, epochs=3, min_sequences=1)
+    out = job.evaluate_baskets(str(tmp_path), RecommendConfig(sasrec=small))
+    # trained on the 3 training sequences; the job's loop raises if any ranking holds a history item
+    assert out["sasrec"]["epochs"] == 3 and out["sasrec"]["training_items"] == 4
+    assert out["methods"]["SASRec (ours)"]["HR@10"] == 1.0  # only c and d are left to rank

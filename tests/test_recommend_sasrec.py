@@ -66,3 +66,48 @@ def test_new_item_is_scored_from_its_vector_and_recommender_uses_or_falls_back()
     rec = Recommender(other, RecommendConfig(ranker="sasrec"), sequence=ranker)
     assert rec.ranker == "user_vector" and "16-d" in rec.fallback
     assert rec.recommend([HistoryEvent("i0", "view")], k=3)[1] == "user_vector"
+
+
+def _ddp_worker(rank, world, port, vectors, seqs, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model, _ = build_model(vectors.shape[1], len(vectors), _DDP_CFG.model_copy(update={"batch_size": 2}))
+    losses = fit(torch.nn.parallel.DistributedDataParallel(model), vectors, seqs,
+                 _DDP_CFG.model_copy(update={"batch_size": 2}), rank=rank, world=world)
+    torch.save({"state": model.state_dict(), "losses": losses}, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+_DDP_CFG = SasrecConfig(dim=16, layers=1, heads=2, max_len=6, dropout=0.0, epochs=4, lr=1e-2)
+
+
+def test_two_ddp_ranks_train_exactly_as_one_process_on_their_union(tmp_path):
+    """Two gloo ranks with batches of 2 (every other batch each, gradients averaged by DDP) take the same steps
+    as one process with batches of 4: all sequences have one length, so the mean of the two batch means is the
+    mean over the union."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    v = _vectors()
+    rng = np.random.default_rng(3)
+    seqs = [rng.permutation(12)[:5].tolist() for _ in range(8)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, v, seqs, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
+    one, _ = build_model(v.shape[1], len(v), _DDP_CFG.model_copy(update={"batch_size": 4}))
+    one_losses = fit(one, v, seqs, _DDP_CFG.model_copy(update={"batch_size": 4}))
+    two, _ = build_model(v.shape[1], len(v), _DDP_CFG.model_copy(update={"batch_size": 2}))
+    fit(two, v, seqs, _DDP_CFG.model_copy(update={"batch_size": 2}))  # one process, batches of 2: other steps
+
+    def gap(a, b):
+        return max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert gap(ranks[0]["state"], ranks[1]["state"]) == 0.0  # DDP keeps the ranks identical
+    # the same steps: per epoch the ranks' mean loss is the one process's; the weights agree up to float noise
+    # that Adam amplifies on near-zero gradients (measured 0.007 against 0.13 for batches of 2)
+    np.testing.assert_allclose(np.mean([r["losses"] for r in ranks], axis=0), one_losses, rtol=1e-3)
+    assert gap(ranks[0]["state"], one.state_dict()) < 0.2 * gap(two.state_dict(), one.state_dict())

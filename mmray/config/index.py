@@ -31,6 +31,18 @@ class IndexConfig(StrictConfig):
     with a bitmap selector and raised effort (`mmray/index/planner.py`). Below ~10 %, HNSW misses
     rows of a category far from the query unless its effort costs more than the exact scan
     (measured in BENCHMARKS.md, "Filtered search")."""
+    filter_post_margin: float = Field(2.0, ge=0.0)
+    """On an HNSW index, a filter broader than `filter_exact_share` is first tried as an unfiltered
+    search for k' = margin * k / share candidates (efSearch at least k'), keeping the matching
+    ones; a query left with fewer than k matches goes on to the selector search or the exact scan
+    (`filter_trial_queries`). Used only while margin * k < efSearch (then a beam of k' costs less
+    than the selector's efSearch / share). 0 turns it off (the selector search only)."""
+    filter_trial_queries: int = Field(5, ge=0)
+    """A broad filter's plan times its first single queries both ways, this many each: the ANN
+    index with the selector and the exact scan of its matching rows; it then keeps, for that
+    filter's single queries, whichever way's fastest trial was faster (batches take the ANN
+    index). On HNSW32 at 50k the exact scan of a 20 % filter's rows measured faster than the
+    selector search at efSearch / share. 0: always the ANN index."""
     filter_max_effort: int = Field(2048, ge=1)
     """Cap on the raised HNSW `efSearch` / IVF `nprobe` of a filtered ANN search."""
     filter_cache: int = Field(64, ge=0)

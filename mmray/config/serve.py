@@ -118,6 +118,12 @@ class ServeConfig(StrictConfig):
     runs still form the next batch."""
     embed_max_batch: int = Field(32, ge=1)
     """@serve.batch maximum batch size."""
+    rerank_batch_wait_s: float = Field(0.0, ge=0)
+    """@serve.batch wait of the Reranker deployment (split topology, with rerank.enabled): 0 reranks whatever
+    is queued at once; requests that arrive while a batch runs form the next one (their query texts go
+    through the text tower together)."""
+    rerank_max_batch: int = Field(16, ge=1)
+    """@serve.batch maximum batch size of the Reranker deployment."""
     docs_enabled: bool = True
     """Serve /docs, /redoc and /openapi.json; off, they answer 404 like an unknown route."""
     log_queries: bool = False
@@ -132,6 +138,9 @@ class ServeConfig(StrictConfig):
     """Embedder deployment (the model)."""
     retriever: DeploymentConfig = DeploymentConfig(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256)
     """Retriever deployment."""
+    reranker: DeploymentConfig = DeploymentConfig(num_cpus=1.0, max_ongoing_requests=64, max_queued_requests=256)
+    """Reranker deployment (split topology, with rerank.enabled): it holds the index, its reranker item
+    features, the model's text tower (query side) and the fusion head, and answers reranked searches whole."""
 
 
 # Ray Serve reads these when its processes start, so they go into the environment of `ray start`

@@ -64,6 +64,22 @@ def build_messages(facts: ProductFacts, exemplars: list[str], req: CopyRequest, 
             {"role": "user", "content": "\n".join(user)}]
 
 
+def retry_messages(messages: list[dict], raw: str, error: str) -> list[dict]:
+    """The one retry of an invalid answer: the chat so far, the answer, and what was wrong with it."""
+    return [*messages, {"role": "assistant", "content": raw[:2000]},
+            {"role": "user", "content": f"That answer was invalid ({error}). Reply with the JSON object only."}]
+
+
+def retry_seed(cfg: CopyConfig, variant: int) -> int:
+    """The sampling seed of variant `variant`'s retry (apart from every first attempt's cfg.seed + i)."""
+    return cfg.seed + 1000 + variant
+
+
+def retried_raw(first: str, second: str) -> str:
+    """Both answers of a retried variant, as kept in the output's `raw`."""
+    return first + "\n---retry---\n" + second
+
+
 class Copywriter:
     """Writes guarded copy for products of one catalog; engines are built on first use."""
 
@@ -106,18 +122,31 @@ class Copywriter:
         """The /v1/copy answer for `req`; `similar_ids`: products whose descriptions are exemplars."""
         self.check_request(req)
         start = time.perf_counter()
-        facts = self.catalog.facts(req.product_id)
-        limits = self.limits(req.channel)
         name = req.engine or self.cfg.engine
         engine = self.engine(name)
+        facts = self.catalog.facts(req.product_id)
         attempts: list[Attempt] = []
         if isinstance(engine, GroundedComposer):
             drafts = engine.compose(facts, req.kinds, req.n_variants, req.tone)
         else:
-            exemplars = [e for e in (self.catalog.exemplar(p, self.cfg.exemplar_chars) for p in similar_ids
-                                     if p != facts.product_id) if e][: self.cfg.exemplars]
-            drafts, attempts = self._generate(engine, build_messages(facts, exemplars, req, limits, self.cfg),
-                                              req.kinds, req.n_variants)
+            drafts, attempts = self._generate(engine, self.messages(req, similar_ids, facts), req.kinds, req.n_variants)
+        return {"product_id": req.product_id, "engine": name, "channel": req.channel or self.cfg.default_channel,
+                "outputs": self.verdicts(req, drafts, attempts, facts), "raw": [a.raw for a in attempts],
+                "took_ms": round((time.perf_counter() - start) * 1000, 1)}
+
+    def messages(self, req: CopyRequest, similar_ids: list[str] = (), facts: ProductFacts | None = None) -> list[dict]:
+        """The chat an LLM engine gets for `req`: facts, and exemplars from `similar_ids` as style only
+        (`facts`: the product's, where the caller has them)."""
+        facts = facts or self.catalog.facts(req.product_id)
+        exemplars = [e for e in (self.catalog.exemplar(p, self.cfg.exemplar_chars) for p in similar_ids
+                                 if p != facts.product_id) if e][: self.cfg.exemplars]
+        return build_messages(facts, exemplars, req, self.limits(req.channel), self.cfg)
+
+    def verdicts(self, req: CopyRequest, drafts: list[dict | None], attempts: list[Attempt],
+                 facts: ProductFacts | None = None) -> list[dict]:
+        """Per kind, every draft through the guardrails (a None draft: a failure naming its attempt's error)."""
+        facts = facts or self.catalog.facts(req.product_id)
+        limits = self.limits(req.channel)
         ev = self.guardrails.evidence(facts)
         outputs = []
         for kind in req.kinds:
@@ -129,24 +158,22 @@ class Copywriter:
                 else:
                     variants.append(self.guardrails.check(kind, draft[kind], facts, limits, ev).as_dict())
             outputs.append({"kind": kind, "variants": variants})
-        return {"product_id": req.product_id, "engine": name, "channel": req.channel or self.cfg.default_channel,
-                "outputs": outputs, "raw": [a.raw for a in attempts],
-                "took_ms": round((time.perf_counter() - start) * 1000, 1)}
+        return outputs
 
     def _generate(self, engine, messages: list[dict], kinds: list[str], n: int) -> tuple[list, list[Attempt]]:
         """n drafts (dicts of kind -> text/list, or None after a failed retry) and their attempts."""
         prefill = '{"' + kinds[0] + '": ' if isinstance(engine, TransformersEngine) else ""
-        raws = engine.complete(messages, n=n, seed=self.cfg.seed, prefill=prefill)
+        kw = {"schema": json_schema_for(kinds)} if isinstance(engine, OpenAIEngine) else {}
+        raws = engine.complete(messages, n=n, seed=self.cfg.seed, prefill=prefill, **kw)
         drafts, attempts = [], []
         for i, raw in enumerate(raws):
             draft, error, repaired = parse_draft(raw, kinds)
             attempt = Attempt(raw, error, repaired)
             if draft is None:  # one retry, told what was wrong
-                retry = [*messages, {"role": "assistant", "content": raw[:2000]},
-                         {"role": "user", "content": f"That answer was invalid ({error}). Reply with the JSON object only."}]
-                raw2 = engine.complete(retry, n=1, seed=self.cfg.seed + 1000 + i, prefill=prefill)[0]
+                retry = retry_messages(messages, raw, error)
+                raw2 = engine.complete(retry, n=1, seed=retry_seed(self.cfg, i), prefill=prefill, **kw)[0]
                 draft, error, repaired = parse_draft(raw2, kinds)
-                attempt = Attempt(raw + "\n---retry---\n" + raw2, error, repaired, retried=True)
+                attempt = Attempt(retried_raw(raw, raw2), error, repaired, retried=True)
             attempts.append(attempt)
             drafts.append(None if draft is None else {k: draft.get(k) for k in kinds})
         return drafts, attempts

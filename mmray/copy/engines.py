@@ -125,7 +125,8 @@ class OpenAIEngine:
     name = "openai"
 
     def __init__(self, cfg: CopyConfig, base_url: str | None = None, model: str | None = None,
-                 json_mode: bool | None = None):
+                 structured: str | None = None):
+        """`structured`: schema | json_object | off (None: json_object where copy.openai.json_mode)."""
         import openai
 
         self.cfg = cfg
@@ -136,14 +137,20 @@ class OpenAIEngine:
         self.model = model or cfg.model
         if not self.model:
             raise EngineError("the openai engine needs copy.model (the endpoint's model name)")
-        self.json_mode = o.json_mode if json_mode is None else json_mode
+        self.structured = structured or ("json_object" if o.json_mode else "off")
         self.client = openai.OpenAI(base_url=url, api_key=os.environ.get(o.api_key_env) or "none",
                                     timeout=o.timeout_s, max_retries=1)
 
-    def complete(self, messages: list[dict], *, n: int, seed: int, prefill: str = "") -> list[str]:
+    def complete(self, messages: list[dict], *, n: int, seed: int, prefill: str = "",
+                 schema: dict | None = None) -> list[str]:
+        """n answers; `schema`: the JSON schema the answer must follow (used where `structured` is schema)."""
         import openai
 
-        extra: dict[str, Any] = {"response_format": {"type": "json_object"}} if self.json_mode else {}
+        extra: dict[str, Any] = {}
+        if self.structured == "schema" and schema is not None:
+            extra["response_format"] = {"type": "json_schema", "json_schema": {"name": "product_copy", "schema": schema}}
+        elif self.structured != "off":
+            extra["response_format"] = {"type": "json_object"}
         outs = []
         for i in range(n):
             try:
@@ -164,7 +171,7 @@ class VllmEngine(OpenAIEngine):
     def __init__(self, cfg: CopyConfig, serve_port: int = 8000):
         v = cfg.vllm
         url = os.environ.get(v.base_url_env) or f"http://127.0.0.1:{serve_port}{v.route_prefix.rstrip('/')}/v1"
-        super().__init__(cfg, base_url=url, model=v.model_id, json_mode=v.json_mode)
+        super().__init__(cfg, base_url=url, model=v.model_id, structured=v.structured_output)
 
 
 def vllm_llm_config(cfg: CopyConfig) -> dict:

@@ -41,6 +41,7 @@ class CopyService:
         writer.check_request(req)
         similar = []
         if self.cfg.exemplars and (req.engine or self.cfg.engine) != "grounded":
-            res = await search.similar(product_id=req.product_id, k=self.cfg.exemplars)
+            # the bi-encoder's neighbours, as `jobs.generate_copy` picks them (mmray/copy/batch.py)
+            res = await search.similar(product_id=req.product_id, k=self.cfg.exemplars, rerank=False)
             similar = [h.product_id for h in res.hits] if res is not None else []
         return await asyncio.to_thread(writer.write, req, similar)

@@ -55,7 +55,7 @@ class Retriever:
             self.rows_of_product.setdefault(pid, []).append(row)
         cfg = cfg or IndexConfig()
         self.planner = FilterPlanner(meta, ann, vectors, cfg.filter_exact_share, cfg.filter_max_effort,
-                                     cfg.filter_cache)
+                                     cfg.filter_cache, cfg.filter_post_margin, cfg.filter_trial_queries)
         self._facets: dict | None = None
 
     @classmethod
@@ -171,12 +171,12 @@ class Retriever:
         return hits
 
     def _hits(self, rows: list[int], scores: list[float]) -> list[Hit]:
-        """`_hit` for a vector-only ranking, reading each metadata column once for all rows."""
+        """`_hit` for a vector-only ranking, reading each metadata column once for all rows (Hit
+        built positionally: keyword arguments cost a third more on this per-query path)."""
         meta, idx = self.meta, np.asarray(rows, dtype=np.int64)
         ids, pids, titles, images = (meta[c][idx].tolist() for c in ("id", "product_id", "title", "image"))
         prices = meta["price"][idx].tolist()
-        return [Hit(row=r, id=i, product_id=p, title=t, price=None if pr != pr else pr, score=sc,
-                    retrievers=["vector"], image=im)
+        return [Hit(r, i, p, t, None if pr != pr else pr, sc, ["vector"], im)
                 for r, i, p, t, pr, sc, im in zip(rows, ids, pids, titles, prices, scores, images)]
 
     def _hit(self, row: int, score: float, sources) -> Hit:

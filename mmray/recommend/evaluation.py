@@ -9,8 +9,12 @@
   last ones.
 - Rankers: `popularity_ranking`, `cooccurrence_ranking` (sum over history items of the number of training
   baskets holding both; ties and the tail by popularity), `user_vector_ranking` (the route's
-  `Recommender.recommend`, the history fed as purchase events with their invoice times) and
+  `Recommender.recommend`, the history fed as purchase events with their invoice times; with a
+  `SequenceRanker` from `train_sequence_ranker` and `ranker: sasrec` the same call ranks by SASRec) and
   `rrf` (reciprocal rank fusion, constant 60, of two rankings: the parameter-free hybrid).
+- `CoPurchases`: the event store's co-purchase counts over the training baskets, for the served blend
+  (`recommend.co_purchase_blend`: the ranker's list fused with them by `rrf_fuse`, inside the route's code).
+- SASRec is trained on `basket_sequences` of the training baskets only (the held-out last baskets never).
 - Links (Luma): `similar_ranking` (nearest products by item vectors, as `Retriever.similar`) and
   `link_recall` with category rules learned on the other half of the products (`split_products`).
 """
@@ -24,7 +28,8 @@ from datetime import datetime
 
 import numpy as np
 
-from mmray.recommend.recommender import HistoryEvent, ItemSpace, Recommender, best_per_product
+from mmray.config import SasrecConfig
+from mmray.recommend.recommender import HistoryEvent, ItemSpace, Recommender, best_per_product, rrf_fuse
 
 RRF_K = 60
 
@@ -160,18 +165,64 @@ def history_events(case: Case) -> list[HistoryEvent]:
     return events[::-1]
 
 
-def user_vector_ranking(rec: Recommender, case: Case, k: int) -> list[str]:
-    results, _ = rec.recommend(history_events(case), k=k, now=case.ts)
+def user_vector_ranking(rec: Recommender, case: Case, k: int, co_purchase: CoPurchases | None = None) -> list[str]:
+    """The route's ranking for the case's history; with `co_purchase`, fused with it as the served route
+    does (`recommend.co_purchase_blend`)."""
+    counts = None if co_purchase is None else co_purchase.counts(history_items(case))
+    results, _ = rec.recommend(history_events(case), k=k, now=case.ts, co_purchase=counts)
     return [str(rec.space.products[r.row]) for r in results]
 
 
+def basket_sequences(baskets: Iterable[Basket]) -> list[list[str]]:
+    """SASRec training sequences from baskets (time order): each customer's baskets one after another, an
+    anonymous basket a sequence of its own. Callers pass the training baskets only."""
+    by_customer: dict[str, list[str]] = {}
+    out = []
+    for b in baskets:
+        if b.customer is None:
+            out.append(list(b.items))
+        else:
+            by_customer.setdefault(b.customer, []).extend(b.items)
+    return list(by_customer.values()) + out
+
+
+def train_sequence_ranker(baskets: Iterable[Basket], space: ItemSpace, cfg: SasrecConfig):
+    """A `SequenceRanker` trained in process (no Ray) on `basket_sequences(baskets)` over `space`, and
+    its per-epoch losses."""
+    from mmray.recommend.sasrec import SequenceRanker, build_model, fit, item_vectors_info
+    from mmray.recommend.train import training_data
+
+    ids, vectors, rows = training_data(basket_sequences(baskets), space, cfg)
+    model, shape = build_model(vectors.shape[1], len(ids), cfg)
+    losses = fit(model, vectors, rows, cfg)
+    return SequenceRanker(model, {"model": shape, "item_vectors": item_vectors_info(space)}, ids), losses
+
+
 def rrf(rankings: Sequence[Sequence[str]], k: int, const: int = RRF_K) -> list[str]:
-    """Reciprocal rank fusion: sum of 1/(const + rank) over the rankings (rank from 1); ties by first appearance."""
-    score: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
-            score[item] = score.get(item, 0.0) + 1.0 / (const + rank)
-    return sorted(score, key=lambda i: -score[i])[:k]  # sorted is stable: dict order breaks ties
+    """Reciprocal rank fusion (`rrf_fuse`, the route's own) of id rankings, the first k."""
+    return rrf_fuse(rankings, const)[0][:k]
+
+
+class CoPurchases:
+    """`EventStore.co_purchases` over training baskets: a buyer is a customer (an anonymous basket is a
+    buyer of its own), and an item's count is the number of buyers of any history item who bought it."""
+
+    def __init__(self, baskets: Iterable[Basket]):
+        self.items_of: dict[str, set[str]] = defaultdict(set)
+        self.buyers_of: dict[str, set[str]] = defaultdict(set)
+        for b in baskets:
+            buyer = b.customer if b.customer is not None else f"invoice:{b.invoice}"
+            self.items_of[buyer].update(b.items)
+            for item in b.items:
+                self.buyers_of[item].add(buyer)
+
+    def counts(self, history: Sequence[str]) -> dict[str, int]:
+        own = set(history)
+        buyers = set().union(*(self.buyers_of.get(h, set()) for h in own)) if own else set()
+        out: Counter = Counter()
+        for buyer in buyers:
+            out.update(self.items_of[buyer] - own)
+        return dict(out)
 
 
 # ---------------------------------------------------------------------- links

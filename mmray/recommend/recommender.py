@@ -153,14 +153,30 @@ def mmr(candidates: Sequence[int], relevance: Sequence[float], vectors: np.ndarr
     return chosen
 
 
+def rrf_fuse(rankings: Sequence[Sequence], const: int) -> tuple[list, np.ndarray]:
+    """Reciprocal rank fusion of ranked lists (rows or ids): (entries by fused score desc, first appearance
+    breaking ties; their scores), an entry's score the sum of 1 / (const + rank) over the lists holding it
+    (rank from 1)."""
+    score: dict = {}
+    for ranking in rankings:
+        for rank, row in enumerate(ranking, start=1):
+            score[row] = score.get(row, 0.0) + 1.0 / (const + rank)
+    rows = sorted(score, key=lambda r: -score[r])  # stable: ties keep first appearance
+    return rows, np.array([score[r] for r in rows])
+
+
 def best_per_product(space: ItemSpace, scores: np.ndarray, mask: np.ndarray, limit: int) -> list[int]:
     """The best-scoring allowed row of each product, for the `limit` best products (score desc, row asc)."""
     rows = np.flatnonzero(mask)
     if not len(rows):
         return []
-    order = rows[np.lexsort((rows, -scores[rows]))]
+    return first_per_product(space, rows[np.lexsort((rows, -scores[rows]))], limit)
+
+
+def first_per_product(space: ItemSpace, rows: Iterable[int], limit: int) -> list[int]:
+    """The first of `rows` of each product, in order, for the first `limit` products."""
     seen, out = set(), []
-    for row in order:
+    for row in rows:
         p = space.product_of_row[row]
         if p not in seen:
             seen.add(p)
@@ -222,9 +238,11 @@ class Recommender:
     # ------------------------------------------------------------------ personalised
     def recommend(self, history: Sequence[HistoryEvent], k: int = 10, filters: SearchFilters | None = None,
                   context_product_id: str | None = None, popularity: dict[str, float] | None = None,
-                  now: float | None = None) -> tuple[list[Rec], str]:
-        """(results, source): source `user_vector` or `sasrec` (`self.ranker`), or `popular` when the history
-        gives no vector. Explanations come from the user vector's contributions either way."""
+                  now: float | None = None, co_purchase: dict[str, float] | None = None) -> tuple[list[Rec], str]:
+        """(results, source): source `user_vector` or `sasrec` (`self.ranker`), `<ranker>+co_purchase` when
+        `co_purchase` (item -> buyers of the history who also bought it) was fused in by
+        `recommend.co_purchase_blend`, or `popular` when the history gives no vector. Explanations come from
+        the user vector's contributions either way."""
         space = self.space
         allowed = space.mask(filters)
         allowed = allowed.copy()
@@ -236,14 +254,21 @@ class Recommender:
         u, weights, kinds = user_vector(space, history, self.cfg, now)
         if u is None:
             return self.popular(k, allowed, context_product_id, popularity or {}), "popular"
-        source, scores = "user_vector", space.vectors @ u
+        source, scores, cosines = "user_vector", space.vectors @ u, True
         if self.sequence is not None:
             seq = self.sequence.scores(space, [e.item_id for e in reversed(history)])
             if seq is not None:
-                source, scores = "sasrec", seq
+                source, scores, cosines = "sasrec", seq, False
         pool = best_per_product(space, scores, allowed, max(5 * k, 50))
         rel = scores[pool]
-        if source == "sasrec" and len(pool):  # logits: onto [0, 1] over the pool, the scale MMR's penalty has
+        sources = dict.fromkeys(pool, source)
+        if self.cfg.co_purchase_blend and co_purchase and len(pool):
+            bought = self._co_purchase_rows(co_purchase, scores, allowed, len(pool))
+            if bought:
+                pool, rel = rrf_fuse([pool, bought], self.cfg.rrf_constant)
+                sources = {r: source if r in sources else "co_purchase" for r in pool}
+                source, cosines = f"{source}+co_purchase", False
+        if len(pool) and not cosines:  # logits or fused ranks: onto [0, 1] over the pool, the scale of MMR's penalty
             rel = (rel - rel.min()) / max(float(rel.max() - rel.min()), 1e-12)
         picked = [pool[i] for i in mmr(pool, rel, space.vectors, k, self.cfg.diversity)]
         hist_rows = list(weights)
@@ -254,8 +279,20 @@ class Recommender:
             contrib = hist_w * (hist_vecs @ space.vectors[row])
             top = [i for i in np.argsort(-contrib, kind="stable")[: self.cfg.explain_top] if contrib[i] > 0]
             out.append(Rec(row, float(scores[row]), [(hist_rows[i], kinds.get(hist_rows[i], "view")) for i in top],
-                           source))
+                           sources[row]))
         return out, source
+
+    def _co_purchase_rows(self, co_purchase: dict[str, float], scores: np.ndarray, allowed: np.ndarray,
+                          limit: int) -> list[int]:
+        """The `limit` most co-purchased allowed products (count desc, id asc), each as its best-scoring row."""
+        space = self.space
+
+        def best_row(item: str) -> int | None:
+            rows = [r for r in space.rows_for(item) if allowed[r]]
+            return max(rows, key=lambda r: (scores[r], -r)) if rows else None
+
+        ranked = (best_row(item) for item in sorted(co_purchase, key=lambda i: (-co_purchase[i], i)))
+        return first_per_product(space, (r for r in ranked if r is not None), limit)
 
     def popular(self, k: int, allowed: np.ndarray, context_product_id: str | None,
                 popularity: dict[str, float]) -> list[Rec]:

@@ -98,23 +98,30 @@ def training_windows(sequences: Sequence[Sequence[int]], max_len: int) -> list[l
     return out
 
 
-def fit(model: SASRec, vectors: np.ndarray, sequences: Sequence[Sequence[int]], cfg: SasrecConfig,
-        report: Callable[[int, float], None] | None = None) -> list[float]:
+def fit(model: nn.Module, vectors: np.ndarray, sequences: Sequence[Sequence[int]], cfg: SasrecConfig,
+        report: Callable[[int, float], None] | None = None, rank: int = 0, world: int = 1) -> list[float]:
     """Train `model` in place: `vectors` (N, item_dim) are the training items (row i has offset i),
-    `sequences` lists of their rows, oldest first. Returns the mean loss of each epoch."""
-    v = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+    `sequences` lists of their rows, oldest first. Returns the mean loss of each epoch.
+
+    With `world` > 1 (Ray Train, `model` wrapped in DDP) every rank shuffles the same way and takes every
+    world-th batch, the same number of batches on every rank, so the gradient all-reduces line up."""
+    core: SASRec = getattr(model, "module", model)  # DDP keeps the SASRec in .module
+    v = torch.tensor(np.asarray(vectors, dtype=np.float32))  # a copy: Ray hands read-only arrays
     known = torch.arange(len(v))
-    windows = training_windows(sequences, model.max_len)
+    windows = training_windows(sequences, core.max_len)
     if not windows:
         raise ValueError("no training sequence of two or more items")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
+    starts = list(range(0, len(windows), cfg.batch_size))
+    per_rank = max(1, len(starts) // world)
     losses = []
     model.train()
     for epoch in range(cfg.epochs):
         total, steps = 0.0, 0
         order = rng.permutation(len(windows))
-        for start in range(0, len(windows), cfg.batch_size):
+        for b in range(per_rank):
+            start = starts[(b * world + rank) % len(starts)]
             batch = [windows[i] for i in order[start:start + cfg.batch_size]]
             t = max(len(w) for w in batch) - 1
             rows = torch.zeros((len(batch), t), dtype=torch.long)  # right padding: row 0, never a target
@@ -122,7 +129,7 @@ def fit(model: SASRec, vectors: np.ndarray, sequences: Sequence[Sequence[int]], 
             for i, w in enumerate(batch):
                 rows[i, :len(w) - 1] = torch.tensor(w[:-1])
                 targets[i, :len(w) - 1] = torch.tensor(w[1:])
-            logits = model(model.item_table(v, known), rows)  # (B, T, N)
+            logits = model(core.item_table(v, known), rows)  # (B, T, N)
             loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                ignore_index=-100)
             opt.zero_grad()

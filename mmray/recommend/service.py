@@ -59,7 +59,10 @@ class RecommendService:
         popularity = None
         if not any(True for _ in events):
             popularity = self.store.popularity()
-        results, source = rec.recommend(events, k, filters, context_product_id, popularity)
+        co_purchase = None
+        if self.cfg.co_purchase_blend and events:
+            co_purchase = self.store.co_purchases(list(dict.fromkeys(e.item_id for e in events)))
+        results, source = rec.recommend(events, k, filters, context_product_id, popularity, co_purchase=co_purchase)
         return {"results": [self._result(retriever, rec, r, explain=True) for r in results], "source": source,
                 "index_version": retriever.version, "history_used": len(events)}
 

@@ -31,6 +31,7 @@ from mmray.rerank.explain import SCALAR_FEATURES, FactMatcher
 from mmray.rerank.features import ItemFeatures, query_tokens
 from mmray.rerank.heads import build_head, listwise_loss
 from mmray.rerank.queries import shopper_queries
+from mmray.training.fit import fit_on_workers
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +258,6 @@ def run_reranker_training(cfg: MmrayConfig, head_name: str | None = None) -> dic
     import os
     import tempfile
 
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from mmray.dataset import load_items
     from mmray.embedder import Embedder
     from mmray.index.retriever import Retriever
@@ -291,18 +289,13 @@ def run_reranker_training(cfg: MmrayConfig, head_name: str | None = None) -> dic
     log.info("reranker %s: %d training lists of %d candidates from %d training items", head_name, len(queries),
              rc.list_size, len(train_items))
     embed_dim = features.regions.shape[-1]
-    trainer = TorchTrainer(
+    result = fit_on_workers(
         train_loop_per_worker,
-        train_loop_config={"data": data, "features": features, "head": head_name, "embed_dim": embed_dim,
-                           "hidden": rc.hidden, "epochs": rc.epochs, "lr": rc.lr, "weight_decay": rc.weight_decay,
-                           "batch_size": rc.batch_size, "seed": rc.seed, "threads": int(cfg.train.cpus_per_worker)},
-        scaling_config=ray.train.ScalingConfig(num_workers=rc.num_workers,
-                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=ray.train.RunConfig(name=f"reranker-{head_name}-{new_version()}", storage_path=store.path("ray_results"),
-                                       storage_filesystem=store.fs))
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"reranker training produced no checkpoint: {result.error}")
+        {"data": data, "features": features, "head": head_name, "embed_dim": embed_dim, "hidden": rc.hidden,
+         "epochs": rc.epochs, "lr": rc.lr, "weight_decay": rc.weight_decay, "batch_size": rc.batch_size, "seed": rc.seed,
+         "threads": int(cfg.train.cpus_per_worker)},
+        num_workers=rc.num_workers, cpus_per_worker=cfg.train.cpus_per_worker, store=store,
+        run_name=f"reranker-{head_name}-{new_version()}", what="reranker")
     t_train = time.time()
     info = {"head": head_name, "embed_dim": embed_dim, "hidden": rc.hidden, "query_tokens": rc.query_tokens,
             "item_tokens": index.manifest["rerank_features"]["item_tokens"], "scalar_features": list(SCALAR_FEATURES),
