@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=2000)
     p.add_argument("--specs", default=";".join(SPECS), help="';'-separated factory strings (Flat always runs first)")
     p.add_argument("--train-sample", type=int, default=100_000, help="build_ann train_sample (index job default)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default: the config's, 32)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed (default: the config's, auto: 8 on IVF-Flat, 32 on PQ)")
     p.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch (default: the config's, 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default=str(ROOT / "configs" / "local.yaml"))

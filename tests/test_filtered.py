@@ -12,7 +12,7 @@ import pytest
 from mmray.config import IndexConfig
 from mmray.index.ann import build_ann
 from mmray.index.filters import SearchFilters
-from mmray.index.planner import _CHUNK, FilterPlanner, effort_boost, exact_among
+from mmray.index.planner import _CHUNK, FilterPlanner, decided, effort_boost, exact_among
 from mmray.index.retriever import Retriever
 
 N, DIM, K = 20_003, 32, 10  # N not a multiple of 8 (nor of 3): shard bitmaps start mid-byte
@@ -308,9 +308,12 @@ def test_the_post_filter_plan_falls_back_for_queries_whose_neighbourhood_does_no
         del planner.post_search
 
 
-def test_a_broad_plan_keeps_the_way_it_timed_faster(data):
+def test_a_broad_plan_keeps_the_way_it_timed_faster(data, monkeypatch):
     """The selector search and the exact scan are each timed on a plan's first single queries;
     the plan then keeps the faster; either way the hits are right (the exact way exactly)."""
+    import mmray.index.planner as planner_module
+
+    monkeypatch.setattr(planner_module, "DECISIVE", float("inf"))  # every trial runs (no early decision)
     _, vectors, queries, ref = data
     retr = retriever(data, "IVF64,Flat", filter_trial_queries=2)
     f = SearchFilters(**SELECTIVE["20%"])
@@ -334,6 +337,14 @@ def test_a_broad_plan_keeps_the_way_it_timed_faster(data):
     untimed.search(queries[0], k=K, filters=f, collapse=False)
     plan = untimed.planner.plan(f)
     assert plan.choice is None and plan.trials == {"ann": [], "exact": []}
+
+
+def test_a_way_far_slower_on_its_first_trial_is_dropped_at_once():
+    assert decided({"ann": [0.001], "exact": []}, 5) is None  # one way timed: undecided
+    assert decided({"ann": [0.001], "exact": [0.070]}, 5) == "ann"  # 70x slower: no more exact trials
+    assert decided({"ann": [0.050], "exact": [0.002]}, 5) == "exact"
+    assert decided({"ann": [0.001, 0.003], "exact": [0.020]}, 5) is None  # under 10x the slowest ann trial
+    assert decided({"ann": [0.004, 0.001], "exact": [0.003, 0.002]}, 2) == "ann"  # all trials: the fastest of each
 
 
 def test_a_run_of_rows_is_scanned_in_place_as_a_slice(data):

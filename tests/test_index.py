@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import LUMA_CATALOG, ROOT, publish_model
 
-from mmray.index.ann import auto_factory, build_ann, exact_search, load_ann, recall_at_k, save_ann, set_search_effort
+from mmray.config import IndexConfig
+from mmray.index.ann import auto_factory, build_ann, exact_search, load_ann, recall_at_k, resolve_nprobe, save_ann, set_search_effort
 from mmray.index.filters import SearchFilters
 from mmray.index.lexical import LexicalIndex
 from mmray.index.retriever import IndexLoadError, Retriever
@@ -110,14 +111,33 @@ def test_save_load_round_trip(tmp_path, clustered, factory, shards):
     s1, i1 = loaded.search(q, 10)
     assert np.array_equal(i0, i1) and np.allclose(s0, s1, atol=1e-6)
     if factory.startswith("IVF"):  # search effort is restored on load, per shard
-        assert all(faiss.extract_index_ivf(loaded.at(i)).nprobe == 32 for i in range(shards))
+        assert all(faiss.extract_index_ivf(loaded.at(i)).nprobe == 8 for i in range(shards))  # `auto` on flat lists
+
+
+def test_nprobe_auto_is_8_on_flat_lists_32_on_codes_and_a_number_wins():
+    import faiss
+
+    x = np.random.default_rng(0).standard_normal((4_000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat, pq = build_ann(x, "IVF32,Flat", nprobe="auto"), build_ann(x, "IVF32,PQ8,Refine(SQ8)", nprobe="auto")
+    assert faiss.extract_index_ivf(flat).nprobe == 8 and faiss.extract_index_ivf(pq).nprobe == 32
+    assert resolve_nprobe(flat, 5) == 5 and resolve_nprobe(faiss.IndexFlatIP(32), "auto") == 32
+    shards = build_ann(x, "IVF16,Flat", num_shards=2, nprobe="auto")
+    assert [faiss.extract_index_ivf(shards.at(i)).nprobe for i in range(2)] == [8, 8]
+    set_search_effort(shards, nprobe=3)
+    assert [faiss.extract_index_ivf(shards.at(i)).nprobe for i in range(2)] == [3, 3]
+    assert IndexConfig().nprobe == "auto" and IndexConfig(nprobe=4).nprobe == 4
+    for bad in (0, "fast"):
+        with pytest.raises(ValueError):
+            IndexConfig(nprobe=bad)
 
 
 def test_auto_factory_choices():
     assert auto_factory(1_000, 64) == "Flat"
     assert auto_factory(50_000, 256) == "Flat"
-    assert auto_factory(50_001, 256) == "HNSW32"
-    assert auto_factory(2_000_000, 256) == "HNSW32"
+    assert auto_factory(50_001, 256) == "IVF512,Flat"  # 4 * sqrt(n) lists, rounded down to a power of 2
+    assert auto_factory(200_000, 256) == "IVF1024,Flat"
+    assert auto_factory(2_000_000, 256) == "IVF4096,Flat"
     assert auto_factory(2_000_001, 256) == "IVF4096,PQ32,Refine(SQ8)"
     assert auto_factory(100_000_000, 512) == "IVF32768,PQ64,Refine(SQ8)"
     assert auto_factory(3_000_000, 64) == "IVF4096,PQ8,Refine(SQ8)"
@@ -125,7 +145,7 @@ def test_auto_factory_choices():
         for dim in (32, 36, 100, 256, 384, 512, 768):
             spec = auto_factory(n, dim)
             faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)  # every choice is buildable
-            if spec.startswith("IVF"):
+            if ",PQ" in spec:
                 m = int(spec.split(",")[1].removeprefix("PQ"))
                 assert dim % m == 0 and m >= min(8, dim // 8)
     small = build_ann(unit(np.random.default_rng(0).standard_normal((500, 16))), "auto")
