@@ -20,7 +20,7 @@ def auto_factory(n: int, dim: int) -> str:
     IVF-Flat rather than HNSW32 between 50k and 2M: measured in one run at 200k and at 1M x 256
     (BENCHMARKS.md, Filtered search), IVF-Flat at nprobe 8 answered 2.9x / 2.5x the unfiltered
     single queries at higher recall (0.992 / 0.987 against 0.973 / 0.949), filtered ones faster at
-    20 %, built 4-8x faster and took 20 % less memory. IVF-PQ alone finds about half the true top 10
+    20 %, built 3-8x faster and took 20 % less memory. IVF-PQ alone finds about half the true top 10
     of clustered product vectors, so its candidates are re-ranked on 8-bit copies of the vectors
     (`Refine(SQ8)`): 0.93 recall@10 on a 60k test set against 0.46 without, at a quarter of the
     memory of re-ranking on floats."""
