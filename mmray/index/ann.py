@@ -104,7 +104,7 @@ def set_search_effort(index: faiss.Index, nprobe: int | str = _DEFAULTS.nprobe, 
                       k_factor: int = 8) -> None:
     """Search-time knobs: IVF lists probed (`auto`: `resolve_nprobe`), HNSW beam width, re-ranked
     candidates of a refined (`...,RFlat`) index. Knobs an index does not have are skipped."""
-    if isinstance(index, faiss.IndexShards):
+    if isinstance(index, faiss.IndexShards):  # `auto` is resolved per shard (ParameterSpace sees no IVF in shards)
         for i in range(index.count()):
             set_search_effort(faiss.downcast_index(index.at(i)), nprobe, ef_search, k_factor)
         return

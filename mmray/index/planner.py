@@ -30,7 +30,8 @@ and a strategy:
 Whether the selector search or an exact scan of the matching rows is faster for a broad filter
 (the `ann` plan, and the queries a `post` plan passes on) depends on the index, the share and the
 machine, so it is measured rather than modelled: a plan's first `index.filter_trial_queries` single
-queries each way are timed, and the plan keeps the way whose fastest trial was faster. Both ways return
+queries each way are timed, and the plan keeps the way whose fastest trial was faster (or drops a way
+at once whose first trial was `DECISIVE` times slower than the other's: `decided`). Both ways return
 rows that match the filter, and the exact way the exact ones, so the choice moves speed only.
 
 Plans are cached by filter (`index.filter_cache`): a shop offers few filter combinations, so the
